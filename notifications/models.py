@@ -1,0 +1,1 @@
+# The outbox and integrations arrive with later issues.

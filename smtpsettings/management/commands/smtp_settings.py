@@ -1,0 +1,214 @@
+"""Show or change the SMTP settings from the command line, validated exactly like the page."""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import json
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from smtpsettings import store
+from smtpsettings.certificates import InvalidCertificate, parse_pem_bundle
+from smtpsettings.forms import SmtpSettingsForm
+from smtpsettings.models import SmtpSettings
+from smtpsettings.options import OptionsError
+
+# --flag -> form field, for the fields `set` can change.
+SET_FLAGS = {
+    "sender": "sender_email",
+    "sender_name": "sender_name",
+    "host": "host",
+    "port": "port",
+    "encryption": "encryption",
+    "user": "username",
+    "options": "options",
+}
+
+
+class Command(BaseCommand):
+    help = "Show or change the SMTP settings."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        commands = parser.add_subparsers(dest="action", required=True, metavar="{show,set}")
+        show = commands.add_parser("show", help="Print the settings and what they will do.")
+        show.add_argument("--json", action="store_true", help="Print JSON.")
+        change = commands.add_parser(
+            "set", help="Change the fields given; the others keep their values."
+        )
+        change.add_argument("--sender", help="Sender e-mail address.")
+        change.add_argument("--sender-name", help="Sender display name ('' to remove).")
+        change.add_argument("--host", help="SMTP server host name or IP address.")
+        change.add_argument("--port", help="TCP port, 1-65535 (default 587).")
+        change.add_argument("--encryption", choices=["auto", "smtps"])
+        change.add_argument("--user", help="User name ('' for no authentication).")
+        secret = change.add_mutually_exclusive_group()
+        secret.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="Read the password from standard input (it is never an argument).",
+        )
+        secret.add_argument("--clear-password", action="store_true")
+        change.add_argument("--options", help="Options JSON, e.g. '{\"verify_peer\": false}'.")
+        change.add_argument(
+            "--trusted-certificate",
+            metavar="FILE",
+            help="PEM file with the certificate to trust ('' to remove, - for stdin).",
+        )
+
+    def handle(self, *args: Any, action: str, **options: Any) -> None:
+        if action == "show":
+            self.show(as_json=options["json"])
+        else:
+            self.change(options)
+
+    def show(self, *, as_json: bool) -> None:
+        settings = store.load()
+        report = describe(settings)
+        if as_json:
+            self.stdout.write(json.dumps(report, indent=2, default=str))
+            return
+        labels = {
+            "sender_email": "Sender",
+            "sender_name": "Sender name",
+            "host": "Server",
+            "port": "Port",
+            "encryption": "Encryption",
+            "username": "User",
+            "password": "Password",
+            "options": "Options",
+        }
+        for key, label in labels.items():
+            value = report[key]
+            if key == "options":
+                value = json.dumps(value) if value else "(none)"
+            self.stdout.write(f"{label + ':':<14}{value if value not in ('', None) else '(blank)'}")
+        for cert in report["trusted_certificates"]:
+            self.stdout.write(
+                f"{'Trusted cert:':<14}{cert['subject']} (issuer {cert['issuer']}, "
+                f"valid until {cert['not_after']}, SHA-256 {cert['sha256']})"
+            )
+        plan = report["plan"]
+        self.stdout.write("")
+        if plan:
+            self.stdout.write(plan["description"])
+            if plan["refusal"]:
+                self.stdout.write(self.style.WARNING(plan["refusal"]))
+        elif report.get("problem"):
+            self.stdout.write(self.style.ERROR(report["problem"]))
+        else:
+            self.stdout.write("No SMTP server is configured yet, so no mail can be sent.")
+        if report["password"] == "unreadable":
+            self.stdout.write(
+                self.style.ERROR(
+                    "The stored password cannot be decrypted with the current keys "
+                    "(SECRET_KEY or SMTP_ENCRYPTION_KEYS changed). Enter it again: "
+                    "python manage.py smtp_settings set --password-stdin"
+                )
+            )
+
+    def change(self, options: dict[str, Any]) -> None:
+        settings = store.load()
+        data = form_data(settings)
+        for flag, field in SET_FLAGS.items():
+            if options[flag] is not None:
+                data[field] = options[flag]
+        if options["trusted_certificate"] is not None:
+            data["trusted_certificate"] = read_certificate(options["trusted_certificate"])
+        if options["password_stdin"]:
+            password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+            if not password:
+                raise CommandError("No password on standard input; nothing was saved.")
+            data["password"] = password
+        data["clear_password"] = options["clear_password"]
+        form = SmtpSettingsForm(data, instance=settings)
+        if not form.is_valid():
+            lines = [
+                f"{field_label(form, field)}: {message}"
+                for field, messages in form.errors.items()
+                for message in messages
+            ]
+            raise CommandError("Nothing was saved.\n" + "\n".join(lines))
+        result = form.save(
+            actor=None, actor_name=f"{getpass.getuser()} (command line)", source="command line"
+        )
+        if not result.changes:
+            self.stdout.write("Nothing changed.")
+            return
+        for change in result.changes:
+            self.stdout.write(f"{change['label']}: {change['old']} -> {change['new']}")
+        if result.password_dropped:
+            self.stdout.write(
+                self.style.WARNING(
+                    "The stored password was removed because the server, port or user changed. "
+                    "Enter it again with --password-stdin if this server needs one."
+                )
+            )
+        plan = store.load().connection_plan()
+        if plan:
+            self.stdout.write(self.style.SUCCESS("Saved. ") + plan.describe())
+            if plan.refusal:
+                self.stdout.write(self.style.WARNING(plan.refusal))
+
+
+def form_data(settings: SmtpSettings) -> dict[str, Any]:
+    """The form's data as the page would post it unchanged."""
+    data = {field: getattr(settings, field) for field in store.EDITABLE}
+    data["options"] = json.dumps(settings.options) if settings.options else ""
+    return data
+
+
+def read_certificate(path: str) -> str:
+    if path == "":
+        return ""
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise CommandError(f"Cannot read the certificate file {path}: {error}") from None
+
+
+def field_label(form: SmtpSettingsForm, field: str) -> str:
+    flag = {v: k for k, v in SET_FLAGS.items()}.get(field, field)
+    return "--" + flag.replace("_", "-") if field != "__all__" else "settings"
+
+
+def describe(settings: SmtpSettings) -> dict[str, Any]:
+    """Everything `show` prints, as data. The password appears only as its state."""
+    report: dict[str, Any] = {
+        field: getattr(settings, field)
+        for field in store.EDITABLE
+        if field != "trusted_certificate"
+    }
+    report["password"] = settings.password_state.value
+    report["trusted_certificates"] = []
+    if settings.trusted_certificate:
+        try:
+            report["trusted_certificates"] = [
+                dataclasses.asdict(info) for info in parse_pem_bundle(settings.trusted_certificate)
+            ]
+        except InvalidCertificate as error:
+            report["problem"] = str(error)
+    report["updated_at"] = settings.updated_at
+    report["updated_by"] = settings.updated_by.get_username() if settings.updated_by else None
+    report["plan"] = None
+    try:
+        plan = settings.connection_plan()
+    except OptionsError as error:
+        report["problem"] = f"The stored options are no longer valid: {error}"
+    else:
+        if plan:
+            report["plan"] = {
+                "security": plan.security.value,
+                "reason": plan.reason,
+                "verify_peer": plan.verify_peer,
+                "peer_fingerprint": str(plan.peer_fingerprint) if plan.peer_fingerprint else None,
+                "authenticates": plan.authenticates,
+                "refusal": plan.refusal,
+                "description": plan.describe(),
+            }
+    return report

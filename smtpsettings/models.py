@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+import json
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+from . import keyring
+from .options import SmtpOptions, parse_options
+from .plan import ConnectionPlan, Encryption, SmtpConfig, plan
+
+HELP = {
+    "sender_email": (
+        "The e-mail address shown as the sender. Most SMTP servers need an address that "
+        "really exists."
+    ),
+    "sender_name": 'Optional name shown beside the address, such as "Gateway Manager".',
+    "host": "Host name or IP address of your SMTP server.",
+    "port": "The TCP port. The default for a secure connection is 587; 465 means SMTPS.",
+    "encryption": (
+        "Automatic always uses STARTTLS unless the server is localhost or the port is 25; "
+        "with port 465 it switches to SMTPS. Force SMTPS uses TLS from the first byte on any "
+        "port."
+    ),
+    "username": (
+        "Fill in the user name if your SMTP server requires authentication. If left blank, "
+        "authentication is skipped."
+    ),
+    "password": "The password used to authenticate with the server. It is stored encrypted.",
+    "options": 'Further options as a JSON object, for example {"verify_peer": false}.',
+    "trusted_certificate": (
+        "A CA or the server's own certificate (PEM) to trust for this server: the secure "
+        'alternative to {"verify_peer": false} for a self-signed certificate.'
+    ),
+}
+
+
+class PasswordState(models.TextChoices):
+    NOT_SET = "not set"
+    SET = "set"
+    UNREADABLE = "unreadable"  # no key decrypts it
+    OTHER_SERVER = "for another server"  # sealed for another host, port or user
+
+
+class WrongServerPassword(Exception):
+    def __init__(self) -> None:
+        super().__init__(
+            "The stored SMTP password was saved for another server, port or user. "
+            "Enter the password again."
+        )
+
+
+class SmtpSettings(models.Model):
+    """The one SMTP settings record. Read it with `smtpsettings.store.load()`."""
+
+    sender_email = models.EmailField(
+        "sender e-mail address", max_length=254, blank=True, help_text=HELP["sender_email"]
+    )
+    sender_name = models.CharField(
+        "sender name", max_length=200, blank=True, help_text=HELP["sender_name"]
+    )
+    host = models.CharField("server", max_length=253, blank=True, help_text=HELP["host"])
+    port = models.PositiveIntegerField(
+        default=587,
+        validators=[MinValueValidator(1), MaxValueValidator(65535)],
+        help_text=HELP["port"],
+    )
+    encryption = models.CharField(
+        max_length=8,
+        choices=[(Encryption.AUTOMATIC, "Automatic"), (Encryption.FORCE_SMTPS, "Force SMTPS")],
+        default=Encryption.AUTOMATIC,
+        help_text=HELP["encryption"],
+    )
+    username = models.CharField("user", max_length=254, blank=True, help_text=HELP["username"])
+    # A Fernet token of {"server": ..., "password": ...}; never a readable password.
+    password_token = models.TextField(blank=True, editable=False)
+    options = models.JSONField(
+        "options (json)", default=dict, blank=True, help_text=HELP["options"]
+    )
+    trusted_certificate = models.TextField(blank=True, help_text=HELP["trusted_certificate"])
+    updated_at = models.DateTimeField(null=True, editable=False)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, editable=False
+    )
+
+    class Meta:
+        verbose_name = verbose_name_plural = "SMTP settings"
+        constraints = [
+            models.CheckConstraint(condition=models.Q(pk=1), name="smtp_settings_singleton")
+        ]
+
+    def __str__(self) -> str:
+        return "SMTP settings"
+
+    @property
+    def server_binding(self) -> str:
+        """What a stored password is bound to: it is only ever sent to this server as this user."""
+        return f"{self.host}:{self.port}:{self.username}"
+
+    def seal_password(self, password: str) -> None:
+        payload = {"server": self.server_binding, "password": password}
+        self.password_token = keyring.encrypt(json.dumps(payload))
+
+    def reveal_password(self) -> str:
+        """The plain password, only for the moment of signing in. Raises if unreadable."""
+        if not self.password_token:
+            return ""
+        payload = json.loads(keyring.decrypt(self.password_token))
+        if payload.get("server") != self.server_binding:
+            raise WrongServerPassword()
+        return payload["password"]
+
+    @property
+    def password_state(self) -> PasswordState:
+        if not self.password_token:
+            return PasswordState.NOT_SET
+        try:
+            self.reveal_password()
+        except keyring.UndecryptablePassword:
+            return PasswordState.UNREADABLE
+        except WrongServerPassword:
+            return PasswordState.OTHER_SERVER
+        return PasswordState.SET
+
+    def smtp_options(self) -> SmtpOptions:
+        return parse_options(self.options)
+
+    def config(self) -> SmtpConfig:
+        return SmtpConfig(
+            host=self.host,
+            port=self.port,
+            encryption=Encryption(self.encryption),
+            username=self.username,
+            options=self.smtp_options(),
+            trusted_certificate=self.trusted_certificate,
+        )
+
+    def connection_plan(self) -> ConnectionPlan | None:
+        """The plan, or None while no server is configured. Raises OptionsError."""
+        if not self.host:
+            return None
+        return plan(self.config())
+
+
+class SmtpSettingsChange(models.Model):
+    """One save of the settings: who, when, which fields. Never a password value."""
+
+    changed_at = models.DateTimeField(db_index=True)
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor = models.CharField(max_length=200)  # kept when the user is deleted
+    source = models.CharField(max_length=20)  # "web page", "command line"
+    # [{"field": "port", "label": "Port", "old": "25", "new": "587"}]
+    changes = models.JSONField(default=list)
+
+    class Meta:
+        ordering = ["-changed_at", "-id"]
+        verbose_name = "SMTP settings change"
+
+    def __str__(self) -> str:
+        fields = ", ".join(change["label"] for change in self.changes)
+        return f"{self.actor} changed {fields}"

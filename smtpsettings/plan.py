@@ -1,0 +1,134 @@
+"""What the SMTP settings will do, decided without touching a socket.
+
+`plan(config)` implements the encryption rules of the design (the help page's "With
+automatic, STARTTLS is always used unless the host is localhost or port 25. With port 465,
+it switches to SMTPS", made exact). The transport only carries a plan out, and the settings
+page reads the same plan aloud, so what the page says is what the transport does.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .hostnames import display_host_port, is_loopback
+from .options import Fingerprint, SmtpOptions
+
+SMTPS_PORT = 465
+PLAIN_PORT = 25
+
+
+class Encryption(enum.StrEnum):
+    AUTOMATIC = "auto"
+    FORCE_SMTPS = "smtps"
+
+
+class Security(enum.StrEnum):
+    SMTPS = "smtps"  # TLS from the first byte
+    STARTTLS = "starttls"  # plain greeting, then STARTTLS; the send fails if it is not offered
+    PLAIN = "plain"  # no encryption at all
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """The connection-relevant part of the settings. The password is deliberately absent."""
+
+    host: str
+    port: int
+    encryption: Encryption = Encryption.AUTOMATIC
+    username: str = ""
+    options: SmtpOptions = SmtpOptions()
+    trusted_certificate: str = ""
+
+
+@dataclass(frozen=True)
+class ConnectionPlan:
+    host: str
+    port: int
+    security: Security
+    reason: str  # why this security, in words: "port 465"
+    verify_peer: bool
+    trusted_certificate: str  # PEM, trusted for this server on top of the system CAs
+    peer_fingerprint: Fingerprint | None
+    username: str  # blank: no authentication
+    options: SmtpOptions
+    refusal: str | None  # set when sending must stop before AUTH, with the fix
+
+    @property
+    def encrypted(self) -> bool:
+        return self.security is not Security.PLAIN
+
+    @property
+    def authenticates(self) -> bool:
+        return bool(self.username)
+
+    def describe(self) -> str:
+        """One sentence an administrator can check against what they meant."""
+        where = display_host_port(self.host, self.port)
+        if self.security is Security.SMTPS:
+            parts = [f"Connects to {where} with TLS from the first byte (SMTPS: {self.reason})"]
+        elif self.security is Security.STARTTLS:
+            parts = [f"Connects to {where}, upgrades with STARTTLS (required)"]
+        else:
+            parts = [f"Connects to {where} without encryption ({self.reason})"]
+        if self.encrypted:
+            parts.append(self._describe_verification())
+        if not self.authenticates:
+            parts.append("does not sign in")
+        elif self.refusal:
+            parts.append(f"but will not sign in as {self.username} without encryption")
+        else:
+            parts.append(f"signs in as {self.username}")
+        return ", ".join(parts) + "."
+
+    def _describe_verification(self) -> str:
+        if self.verify_peer:
+            text = "verifies the server certificate"
+            if self.trusted_certificate:
+                text += " against the system's CAs and the stored trusted certificate"
+        else:
+            text = "does not verify the server certificate (verify_peer is off)"
+        if self.peer_fingerprint:
+            text += f", requires the certificate fingerprint {self.peer_fingerprint}"
+        return text
+
+
+def choose_security(config: SmtpConfig) -> tuple[Security, str]:
+    """The design's rules table plus the auto_tls and require_tls options."""
+    options = config.options
+    if config.encryption == Encryption.FORCE_SMTPS:
+        return Security.SMTPS, "Force SMTPS is selected"
+    if config.port == SMTPS_PORT:
+        return Security.SMTPS, "port 465"
+    if options.require_tls:
+        return Security.STARTTLS, "require_tls is on"
+    if not options.auto_tls:
+        return Security.PLAIN, "auto_tls is off"
+    if config.port == PLAIN_PORT:
+        return Security.PLAIN, "port 25 is plain SMTP"
+    if is_loopback(config.host):
+        return Security.PLAIN, "the server is this machine"
+    return Security.STARTTLS, "STARTTLS is required on every other port"
+
+
+def plan(config: SmtpConfig) -> ConnectionPlan:
+    security, reason = choose_security(config)
+    refusal = None
+    if config.username and security is Security.PLAIN and not is_loopback(config.host):
+        fix = "remove auto_tls: false, " if reason == "auto_tls is off" else ""
+        refusal = (
+            f"The password would cross the network unencrypted to {config.host}, so sending "
+            f"stops before signing in. Use {fix}port 587 (STARTTLS), port 465 or Force SMTPS."
+        )
+    return ConnectionPlan(
+        host=config.host,
+        port=config.port,
+        security=security,
+        reason=reason,
+        verify_peer=config.options.verify_peer,
+        trusted_certificate=config.trusted_certificate,
+        peer_fingerprint=config.options.peer_fingerprint,
+        username=config.username,
+        options=config.options,
+        refusal=refusal,
+    )

@@ -1,0 +1,126 @@
+"""Reading and saving the one settings record, with its change history."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from .certificates import InvalidCertificate, parse_pem_bundle
+from .models import SmtpSettings, SmtpSettingsChange
+
+# The fields an administrator edits, in page order, with the labels the history shows.
+EDITABLE = {
+    "sender_email": "Sender e-mail address",
+    "sender_name": "Sender name",
+    "host": "Server",
+    "port": "Port",
+    "encryption": "Encryption",
+    "username": "User",
+    "options": "Options",
+    "trusted_certificate": "Trusted certificate",
+}
+# A stored password is only ever sent to the server it was entered for.
+SERVER_FIELDS = ("host", "port", "username")
+
+
+def load() -> SmtpSettings:
+    """The settings record, created with defaults on first read."""
+    settings, _ = SmtpSettings.objects.get_or_create(pk=1)
+    return settings
+
+
+def snapshot(settings: SmtpSettings) -> dict[str, Any]:
+    return {name: getattr(settings, name) for name in EDITABLE}
+
+
+@dataclass
+class SaveResult:
+    changes: list[dict[str, str]] = field(default_factory=list)
+    password_dropped: bool = False  # the server changed and no new password was entered
+
+
+def save(
+    settings: SmtpSettings,
+    before: dict[str, Any],
+    *,
+    new_password: str = "",
+    clear_password: bool = False,
+    actor: AbstractBaseUser | None,
+    actor_name: str,
+    source: str,
+) -> SaveResult:
+    """Save `settings` (already validated and changed in memory) and record what changed.
+
+    `before` is the snapshot taken when editing began, so the history names exactly the
+    fields this save changed.
+    """
+    after = snapshot(settings)
+    result = SaveResult(
+        changes=[
+            {
+                "field": name,
+                "label": label,
+                "old": display_value(name, before[name]),
+                "new": display_value(name, after[name]),
+            }
+            for name, label in EDITABLE.items()
+            if before[name] != after[name]
+        ]
+    )
+    had_password = bool(settings.password_token)
+    server_changed = any(before[name] != after[name] for name in SERVER_FIELDS)
+    password_change = None
+    if clear_password:
+        if had_password:
+            settings.password_token = ""
+            password_change = ("set", "removed")
+    elif new_password:
+        settings.seal_password(new_password)
+        password_change = ("set", "replaced") if had_password else ("not set", "set")
+    elif server_changed and had_password:
+        settings.password_token = ""
+        result.password_dropped = True
+        password_change = ("set", "removed because the server changed")
+    if password_change:
+        old, new = password_change
+        result.changes.append({"field": "password", "label": "Password", "old": old, "new": new})
+    if not result.changes:
+        return result
+    settings.updated_at = timezone.now()
+    settings.updated_by = actor if actor is not None and actor.is_authenticated else None
+    with transaction.atomic():
+        settings.save()
+        SmtpSettingsChange.objects.create(
+            changed_at=settings.updated_at,
+            changed_by=settings.updated_by,
+            actor=actor_name,
+            source=source,
+            changes=result.changes,
+        )
+    return result
+
+
+def display_value(name: str, value: Any) -> str:
+    """A field's value as the history shows it: short, and never a secret."""
+    if value in ("", None, {}):
+        return "(blank)"
+    if name == "options":
+        return json.dumps(value, sort_keys=True)
+    if name == "encryption":
+        return dict(SmtpSettings._meta.get_field("encryption").flatchoices).get(value, value)
+    if name == "trusted_certificate":
+        try:
+            infos = parse_pem_bundle(value)
+        except InvalidCertificate:
+            return "(unreadable certificate)"
+        return "; ".join(f"{info.subject} (SHA-256 {info.sha256[:23]}…)" for info in infos)
+    return str(value)
+
+
+def recent_changes(limit: int = 10) -> list[SmtpSettingsChange]:
+    return list(SmtpSettingsChange.objects.select_related("changed_by")[:limit])

@@ -1,0 +1,8 @@
+from django.urls import path
+
+from . import views
+
+app_name = "smtpsettings"
+urlpatterns = [
+    path("", views.smtp_settings_page, name="page"),
+]
