@@ -9,7 +9,7 @@ page reads the same plan aloud, so what the page says is what the transport does
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .hostnames import display_host_port, is_loopback
 from .options import Fingerprint, SmtpOptions
@@ -37,7 +37,7 @@ class SmtpConfig:
     port: int
     encryption: Encryption = Encryption.AUTOMATIC
     username: str = ""
-    options: SmtpOptions = SmtpOptions()
+    options: SmtpOptions = field(default_factory=SmtpOptions)
     trusted_certificate: str = ""
 
 
