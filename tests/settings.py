@@ -16,3 +16,4 @@ STORAGES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
     # A real file, not memory: the at-rest tests read it, and WAL only exists on a file.
     DATABASES["default"]["TEST"] = {"NAME": os.path.join(DATA_DIR, "test.sqlite3")}  # noqa: F405
+os.makedirs(STATIC_ROOT, exist_ok=True)  # noqa: F405  (collectstatic is not part of a test run)

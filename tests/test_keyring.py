@@ -1,0 +1,56 @@
+"""The password at rest: Fernet under a key ring, never returned as ciphertext."""
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from smtpsettings import keyring
+
+
+def test_round_trip_and_ciphertext_differs_from_plaintext():
+    token = keyring.encrypt("hunter2-secret")
+    assert "hunter2" not in token
+    assert keyring.decrypt(token) == "hunter2-secret"
+
+
+def test_rotated_secret_key_still_decrypts_through_fallbacks(settings):
+    token = keyring.encrypt("s3cret")
+    settings.SECRET_KEY_FALLBACKS = [settings.SECRET_KEY]
+    settings.SECRET_KEY = "a-brand-new-secret-key-" + "x" * 30
+    assert keyring.decrypt(token) == "s3cret"
+    rotated = keyring.reencrypt(token)
+    settings.SECRET_KEY_FALLBACKS = []
+    assert keyring.decrypt(rotated) == "s3cret"
+    with pytest.raises(keyring.UndecryptablePassword):
+        keyring.decrypt(token)
+
+
+def test_dedicated_keys_encrypt_with_the_first_and_decrypt_with_any(settings):
+    old, new = keyring.generate_key(), keyring.generate_key()
+    settings.SMTP_ENCRYPTION_KEYS = [old]
+    token = keyring.encrypt("pw")
+    settings.SMTP_ENCRYPTION_KEYS = [new, old]
+    assert keyring.decrypt(token) == "pw"
+    rotated = keyring.reencrypt(token)
+    settings.SMTP_ENCRYPTION_KEYS = [new]
+    assert keyring.decrypt(rotated) == "pw"
+
+
+def test_password_saved_before_dedicated_keys_stays_readable(settings):
+    token = keyring.encrypt("pw")
+    settings.SMTP_ENCRYPTION_KEYS = [keyring.generate_key()]
+    assert keyring.decrypt(token) == "pw"
+
+
+def test_unknown_key_raises_a_clear_error_never_the_ciphertext(settings):
+    token = keyring.encrypt("pw")
+    settings.SECRET_KEY = "another-key-entirely-" + "y" * 30
+    with pytest.raises(keyring.UndecryptablePassword, match="Enter the password again"):
+        keyring.decrypt(token)
+    with pytest.raises(keyring.UndecryptablePassword):
+        keyring.decrypt("not a token at all")
+
+
+def test_a_malformed_configured_key_is_a_clear_configuration_error(settings):
+    settings.SMTP_ENCRYPTION_KEYS = ["too-short"]
+    with pytest.raises(ImproperlyConfigured, match="Key 1 of SMTP_ENCRYPTION_KEYS"):
+        keyring.encrypt("pw")
