@@ -68,6 +68,7 @@ class SmtpSettingsForm(forms.ModelForm):
         }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("label_suffix", "")
         super().__init__(*args, **kwargs)
         self.before = store.snapshot(self.instance)
         self.fields["sender_email"].required = True

@@ -65,6 +65,16 @@ def normalize_host(text: str, *, what: str = "server") -> str:
     return ascii_name
 
 
+def unicode_host(host: str) -> str:
+    """The readable form of a stored punycode name (the name itself when it is not one)."""
+    if "xn--" not in host:
+        return host
+    try:
+        return idna.decode(host)
+    except idna.IDNAError:
+        return host
+
+
 def is_loopback(host: str) -> bool:
     """True for `localhost` and for loopback addresses (127.0.0.0/8, ::1)."""
     if host.lower().rstrip(".") == "localhost":

@@ -12,6 +12,7 @@ from django.views.decorators.http import require_http_methods
 from . import store
 from .certificates import InvalidCertificate, parse_pem_bundle
 from .forms import SmtpSettingsForm
+from .hostnames import unicode_host
 from .models import PasswordState, SmtpSettings
 from .options import OptionsError
 
@@ -68,6 +69,7 @@ def _page_context(form: SmtpSettingsForm, can_change: bool) -> dict[str, Any]:
         "plan": None,
         "plan_problem": None,
         "certificates": [],
+        "host_unicode": unicode_host(saved.host),
     }
     if saved.host:
         try:

@@ -285,3 +285,9 @@ def test_password_sealed_for_another_server_is_never_revealed(admin_client):
 
 def test_only_get_and_post(admin_client):
     assert admin_client.put(URL).status_code == 405
+
+
+def test_international_server_name_is_also_shown_readably(admin_client):
+    post(admin_client, host="mail.bücher.example")
+    page = admin_client.get(URL).content.decode()
+    assert "Stored in its DNS form; it reads mail.bücher.example." in page
