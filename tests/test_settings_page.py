@@ -291,3 +291,18 @@ def test_international_server_name_is_also_shown_readably(admin_client):
     post(admin_client, host="mail.bücher.example")
     page = admin_client.get(URL).content.decode()
     assert "Stored in its DNS form; it reads mail.bücher.example." in page
+
+
+def test_admin_shows_the_settings_read_only_without_the_password(admin_client):
+    post(admin_client, password="admin-hidden-pw")
+    changelist = admin_client.get("/admin/smtpsettings/smtpsettings/")
+    assert changelist.status_code == 200
+    detail = admin_client.get("/admin/smtpsettings/smtpsettings/1/change/")
+    assert detail.status_code == 200
+    html = detail.content.decode()
+    assert "smtp.example.com" in html
+    assert "admin-hidden-pw" not in html
+    assert store.load().password_token not in html
+    assert "Edit on the SMTP settings page" in html
+    history = admin_client.get("/admin/smtpsettings/smtpsettingschange/")
+    assert history.status_code == 200 and "admin-hidden-pw" not in history.content.decode()
