@@ -6,7 +6,7 @@ import datetime
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 
 MAX_PEM_CHARS = 256_000
 _BEGIN = "-----BEGIN CERTIFICATE-----"
@@ -23,6 +23,7 @@ class CertificateInfo:
     not_before: datetime.datetime
     not_after: datetime.datetime
     sha256: str  # colon-separated upper-case hex, as browsers and openssl show it
+    names: tuple[str, ...] = ()  # DNS names and IP addresses it is valid for
 
     @property
     def self_signed(self) -> bool:
@@ -41,6 +42,16 @@ def colon_hex(digest: bytes) -> str:
     return ":".join(f"{byte:02X}" for byte in digest)
 
 
+def _names(certificate: x509.Certificate) -> tuple[str, ...]:
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(san.get_values_for_type(x509.DNSName)) + tuple(
+        str(ip) for ip in san.get_values_for_type(x509.IPAddress)
+    )
+
+
 def describe(certificate: x509.Certificate) -> CertificateInfo:
     return CertificateInfo(
         subject=certificate.subject.rfc4514_string() or "(empty subject)",
@@ -48,11 +59,17 @@ def describe(certificate: x509.Certificate) -> CertificateInfo:
         not_before=certificate.not_valid_before_utc,
         not_after=certificate.not_valid_after_utc,
         sha256=colon_hex(certificate.fingerprint(hashes.SHA256())),
+        names=_names(certificate),
     )
 
 
 def describe_der(der: bytes) -> CertificateInfo:
     return describe(x509.load_der_x509_certificate(der))
+
+
+def der_to_pem(der: bytes) -> str:
+    pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+    return pem.decode("ascii")
 
 
 def parse_pem_bundle(text: str) -> list[CertificateInfo]:

@@ -58,7 +58,7 @@ def temporary_cluster() -> Iterator[str]:
         account = pwd.getpwnam("postgres")
         os.chown(root, account.pw_uid, account.pw_gid)
     data, log, port = root / "data", root / "server.log", free_port()
-    quiet = {"stdout": subprocess.DEVNULL, "check": True}
+    quiet = {"stdout": subprocess.DEVNULL, "check": True, "cwd": root}
     try:
         subprocess.run(
             [

@@ -1,0 +1,139 @@
+"""A Django e-mail backend that sends with the SMTP settings stored on Settings -> SMTP.
+
+    EMAIL_BACKEND = "smtpsettings.backends.StoredSettingsBackend"
+
+It keeps Django's open(), close() and send_messages() semantics, including fail_silently,
+and reads the stored settings once per connection. A message whose From is empty or
+DEFAULT_FROM_EMAIL is sent from the stored sender address and name. Failures raise
+`smtpsettings.problems.SmtpProblem`, an `smtplib.SMTPException` that says what to do.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Sequence
+from email.headerregistry import Address
+from email.utils import parseaddr
+
+from django.conf import settings
+from django.core.mail import EmailMessage
+from django.core.mail.backends.base import BaseEmailBackend
+from django.core.mail.message import sanitize_address
+
+from . import store
+from .keyring import UndecryptablePassword
+from .models import SmtpSettings, WrongServerPassword
+from .options import OptionsError
+from .problems import SmtpProblem, policy_problem
+from .transport import SmtpTransport
+
+log = logging.getLogger(__name__)
+
+
+def transport_for(record: SmtpSettings, **kwargs) -> SmtpTransport:
+    """A transport for the stored settings, or an SmtpProblem that says what to fix."""
+    try:
+        plan = record.connection_plan()
+    except OptionsError as error:
+        raise policy_problem(
+            "settings", f"The stored SMTP options are invalid: {error}", kind="settings"
+        ) from None
+    if plan is None:
+        raise policy_problem(
+            "settings",
+            "No SMTP server is configured: fill in Server on Settings -> SMTP.",
+            kind="settings",
+        )
+    try:
+        password = record.reveal_password() if plan.username else ""
+    except (UndecryptablePassword, WrongServerPassword) as error:
+        raise policy_problem("settings", str(error), kind="password-unreadable") from None
+    return SmtpTransport(plan, password, **kwargs)
+
+
+def sender_of(record: SmtpSettings) -> str:
+    """The From header for the stored sender: "Name <address>" or the address alone."""
+    if record.sender_name:
+        return str(Address(display_name=record.sender_name, addr_spec=record.sender_email))
+    return record.sender_email
+
+
+class StoredSettingsBackend(BaseEmailBackend):
+    def __init__(self, fail_silently: bool = False, **kwargs) -> None:
+        super().__init__(fail_silently=fail_silently, **kwargs)
+        self.transport: SmtpTransport | None = None
+        self._partial_transport: SmtpTransport | None = None
+        self._default_from = ""
+        self._lock = threading.RLock()
+
+    def open(self) -> bool | None:
+        """Connect with the stored settings. True if a new connection was made, False if
+        one was open already, None if it failed silently."""
+        if self.transport is not None:
+            return False
+        # Like Django 5.2.15+: a connection that failed half-way is closed, never reused.
+        if self._partial_transport is not None:
+            self._partial_transport.close()
+            self._partial_transport = None
+        try:
+            record = store.load()
+            self._partial_transport = transport_for(record)
+            self._default_from = sender_of(record)
+            self._partial_transport.open()
+            self.transport, self._partial_transport = self._partial_transport, None
+            return True
+        except OSError:  # SmtpProblem and smtplib's errors are OSErrors
+            if not self.fail_silently:
+                raise
+            return None
+
+    def close(self) -> None:
+        for name in ("_partial_transport", "transport"):
+            transport = getattr(self, name)
+            setattr(self, name, None)
+            if transport is not None:
+                transport.close()
+
+    def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
+        if not email_messages:
+            return 0
+        with self._lock:
+            new_connection = self.open()
+            if self.transport is None or new_connection is None:
+                return 0
+            sent = 0
+            try:
+                for message in email_messages:
+                    if self._send(message):
+                        sent += 1
+            finally:
+                if new_connection:
+                    self.close()
+        return sent
+
+    def _send(self, message: EmailMessage) -> bool:
+        if not message.recipients():
+            return False
+        if message.from_email in ("", None, settings.DEFAULT_FROM_EMAIL) and self._default_from:
+            message = copy.copy(message)  # the caller's message stays as it was
+            message.from_email = self._default_from
+        encoding = message.encoding or settings.DEFAULT_CHARSET
+        envelope_from = parseaddr(sanitize_address(message.from_email, encoding))[1]
+        recipients = [
+            parseaddr(sanitize_address(address, encoding))[1] for address in message.recipients()
+        ]
+        data = message.message().as_bytes(linesep="\r\n")
+        try:
+            refused = self.transport.send(envelope_from, recipients, data)
+        except SmtpProblem:
+            if not self.fail_silently:
+                raise
+            return False
+        if refused:
+            log.warning(
+                "Recipients refused: %s",
+                ", ".join(f"{a} ({c} {t})" for a, (c, t) in refused.items()),
+            )
+        return True
