@@ -91,6 +91,10 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Every e-mail goes out with the SMTP settings kept on Settings -> SMTP.
+EMAIL_BACKEND = "smtpsettings.backends.StoredSettingsBackend"
+DEFAULT_FROM_EMAIL = "gateway-manager@localhost"  # replaced by the stored sender when sending
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"

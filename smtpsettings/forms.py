@@ -121,6 +121,16 @@ class SmtpSettingsForm(forms.ModelForm):
             )
         return cleaned
 
+    def candidate(self) -> SmtpSettings:
+        """The settings as the form has them, not saved: what "Send test e-mail" uses. The
+        stored password only comes along while server, port and user are unchanged."""
+        record = self.instance
+        if self.cleaned_data["password"]:
+            record.seal_password(self.cleaned_data["password"])
+        elif self.cleaned_data["clear_password"]:
+            record.password_token = ""
+        return record
+
     def save(  # type: ignore[override]
         self, *, actor: AbstractBaseUser | None, actor_name: str, source: str
     ) -> store.SaveResult:
@@ -133,3 +143,11 @@ class SmtpSettingsForm(forms.ModelForm):
             actor_name=actor_name,
             source=source,
         )
+
+
+class RecipientForm(forms.Form):
+    test_to = forms.EmailField(
+        label="Send a test e-mail to",
+        required=True,
+        error_messages={"required": "Enter the address the test e-mail goes to."},
+    )

@@ -32,6 +32,23 @@ _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 Refusals = dict[str, tuple[int, str]]
 
 
+STEP_LABELS = {
+    "resolve": "Resolve",
+    "connect": "Connect",
+    "tls": "TLS (SMTPS)",
+    "greeting": "Greeting",
+    "ehlo": "EHLO",
+    "starttls": "STARTTLS",
+    "auth": "AUTH",
+    "mail": "MAIL FROM",
+    "rcpt": "RCPT TO",
+    "data": "DATA",
+    "noop": "NOOP",
+    "quit": "QUIT",
+    "settings": "Settings",
+}
+
+
 @dataclass
 class Step:
     """One step of the SMTP dialogue, as the diagnostics show it."""
@@ -42,6 +59,14 @@ class Step:
     detail: str = ""
     reply: str = ""
     certificate: CertificateInfo | None = None
+
+    @property
+    def label(self) -> str:
+        return STEP_LABELS.get(self.name, self.name.upper())
+
+    @property
+    def milliseconds(self) -> str:
+        return f"{self.seconds * 1000:.1f} ms"
 
 
 Observer = Callable[[Step], None]
@@ -213,7 +238,8 @@ class SmtpTransport:
                 if code != 250:
                     raise smtplib.SMTPHeloError(code, reply)
             features = [
-                f"{name.upper()} {value}".strip() for name, value in smtp.esmtp_features.items()
+                " ".join(f"{name.upper()} {value}".split())
+                for name, value in smtp.esmtp_features.items()
             ]
             step.detail = f"as {self._ehlo_name}; offers " + (", ".join(features) or "nothing")
             step.reply = f"{code} {_text(reply).split()[0] if reply else ''}".strip()

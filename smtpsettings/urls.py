@@ -5,4 +5,5 @@ from . import views
 app_name = "smtpsettings"
 urlpatterns = [
     path("", views.smtp_settings_page, name="page"),
+    path("trust/", views.trust_certificate, name="trust"),
 ]

@@ -12,7 +12,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from smtpsettings import store
 from smtpsettings.certificates import InvalidCertificate, parse_pem_bundle
-from smtpsettings.forms import SmtpSettingsForm
+from smtpsettings.diagnostics import send_test_email
+from smtpsettings.forms import RecipientForm, SmtpSettingsForm
 from smtpsettings.models import SmtpSettings
 from smtpsettings.options import OptionsError
 
@@ -32,7 +33,7 @@ class Command(BaseCommand):
     help = "Show or change the SMTP settings."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        commands = parser.add_subparsers(dest="action", required=True, metavar="{show,set}")
+        commands = parser.add_subparsers(dest="action", required=True, metavar="{show,set,test}")
         show = commands.add_parser("show", help="Print the settings and what they will do.")
         show.add_argument("--json", action="store_true", help="Print JSON.")
         change = commands.add_parser(
@@ -58,11 +59,48 @@ class Command(BaseCommand):
             help="PEM file with the certificate to trust ('' to remove, - for stdin).",
         )
 
+        test = commands.add_parser(
+            "test", help="Send a test e-mail with the stored settings and show every step."
+        )
+        test.add_argument("--to", required=True, metavar="ADDRESS", help="Recipient.")
+        test.add_argument("--json", action="store_true", help="Print the transcript as JSON.")
+
     def handle(self, *args: Any, action: str, **options: Any) -> None:
         if action == "show":
             self.show(as_json=options["json"])
+        elif action == "test":
+            self.test(options["to"], as_json=options["json"])
         else:
             self.change(options)
+
+    def test(self, recipient: str, *, as_json: bool) -> None:
+        form = RecipientForm({"test_to": recipient})
+        if not form.is_valid():
+            raise CommandError(f"--to: {' '.join(form.errors['test_to'])}")
+        diagnosis = send_test_email(store.load(), form.cleaned_data["test_to"])
+        if as_json:
+            self.stdout.write(json.dumps(diagnosis.as_dict(), indent=2))
+        else:
+            for step in diagnosis.steps:
+                mark = "ok  " if step.ok else "FAIL"
+                text = "; ".join(part for part in (step.detail, step.reply) if part)
+                self.stdout.write(f"{mark} {step.label:<12}{step.milliseconds:>10}  {text}")
+                if step.certificate:
+                    cert = step.certificate
+                    self.stdout.write(
+                        f"{'':<28}certificate {cert.subject}, issuer {cert.issuer}, "
+                        f"expires {cert.not_after:%Y-%m-%d}, SHA-256 {cert.sha256}"
+                    )
+        if diagnosis.delivered:
+            if not as_json:
+                self.stdout.write(
+                    self.style.SUCCESS(f"Delivered: the server accepted it for {recipient}.")
+                )
+            return
+        if diagnosis.problem:
+            raise CommandError(str(diagnosis.problem), returncode=2)
+        refused = ", ".join(f"{a} ({c} {t})" for a, (c, t) in diagnosis.refused.items())
+        raise CommandError(f"The server refused the recipient: {refused}", returncode=2)
 
     def show(self, *, as_json: bool) -> None:
         settings = store.load()
