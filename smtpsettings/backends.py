@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from email.headerregistry import Address
@@ -30,6 +31,18 @@ from .problems import SmtpProblem, policy_problem
 from .transport import SmtpTransport
 
 log = logging.getLogger(__name__)
+# A bare dot-atom address, which sanitize_address() would return unchanged: most recipients.
+_PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+)
+
+
+def envelope_address(address: str, encoding: str) -> str:
+    """The bare address for MAIL FROM / RCPT TO, as Django's SMTP backend would send it."""
+    if _PLAIN_ADDRESS.fullmatch(address):
+        return address
+    return parseaddr(sanitize_address(address, encoding))[1]
 
 
 def transport_for(record: SmtpSettings, **kwargs) -> SmtpTransport:
@@ -66,6 +79,7 @@ class StoredSettingsBackend(BaseEmailBackend):
         self.transport: SmtpTransport | None = None
         self._partial_transport: SmtpTransport | None = None
         self._default_from = ""
+        self._senders: dict[tuple[str, str], str] = {}
         self._lock = threading.RLock()
 
     def open(self) -> bool | None:
@@ -120,10 +134,11 @@ class StoredSettingsBackend(BaseEmailBackend):
             message = copy.copy(message)  # the caller's message stays as it was
             message.from_email = self._default_from
         encoding = message.encoding or settings.DEFAULT_CHARSET
-        envelope_from = parseaddr(sanitize_address(message.from_email, encoding))[1]
-        recipients = [
-            parseaddr(sanitize_address(address, encoding))[1] for address in message.recipients()
-        ]
+        key = (message.from_email, encoding)
+        if key not in self._senders:  # one sender for thousands of messages: parse it once
+            self._senders[key] = envelope_address(message.from_email, encoding)
+        envelope_from = self._senders[key]
+        recipients = [envelope_address(address, encoding) for address in message.recipients()]
         data = message.message().as_bytes(linesep="\r\n")
         try:
             refused = self.transport.send(envelope_from, recipients, data)

@@ -84,7 +84,9 @@ def ehlo_name(local_domain: str | None) -> str:
 
 def wire_format(data: bytes) -> bytes:
     """The message as DATA carries it: CRLF line ends, leading dots doubled, the final dot."""
-    data = _LINE_ENDS.sub(b"\r\n", data)
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:  # Django's are CRLF already
+        data = _LINE_ENDS.sub(b"\r\n", data)
     if data.startswith(b"."):
         data = b"." + data
     data = data.replace(b"\r\n.", b"\r\n..")

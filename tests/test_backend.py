@@ -119,3 +119,26 @@ def test_message_with_no_recipients_is_not_sent():
         configure(server, options={"auto_tls": False})
         assert get_connection(BACKEND).send_messages([EmailMessage("S", "B", None, [])]) == 0
     assert server.messages == []
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "user@example.com",
+        "A.b+c@Sub.Example.COM",
+        "o'brien@example.com",
+        "x@[127.0.0.1]",
+        '"q"@e.com',
+        "Name <a@b.com>",
+        '"Doe, Jane" <jane@example.com>',
+        "a@bücher.de",
+    ],
+)
+def test_envelope_addresses_match_what_djangos_backend_sends(address):
+    from email.utils import parseaddr
+
+    from django.core.mail.message import sanitize_address
+
+    from smtpsettings.backends import envelope_address
+
+    assert envelope_address(address, "utf-8") == parseaddr(sanitize_address(address, "utf-8"))[1]

@@ -1,0 +1,149 @@
+"""Throughput over one SMTP connection into Postfix's smtp-sink, measured side by side.
+
+    .venv/bin/python bench/smtp_throughput.py [--messages 5000] [--rounds 3]
+
+(a) Django's own SMTP backend, (b) StoredSettingsBackend with equivalent stored settings,
+(c) Postfix's `smtp-source -d` as the ceiling. Runs alternate a, b, c, a, b, c... so that
+machine noise hits all three alike; the medians and their ratios are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("GATEWAYMGR_DATA_DIR", tempfile.mkdtemp(prefix="gatewaymgr-bench-"))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gatewaymgr.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.core.mail import EmailMessage  # noqa: E402
+from django.core.mail.backends.smtp import EmailBackend as DjangoSmtpBackend  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+
+from smtpsettings import store  # noqa: E402
+from smtpsettings.backends import StoredSettingsBackend  # noqa: E402
+
+BODY = ("Gateway Manager benchmark line of text, sixty-four characters.\n" * 32)[:2048]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_sink(port: int) -> subprocess.Popen:
+    sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+    if not Path(sink).exists():
+        sys.exit("smtp-sink is not installed: apt-get install postfix")
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    process = subprocess.Popen([sink, *user, f"127.0.0.1:{port}", "256"])
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    sys.exit("smtp-sink did not start")
+
+
+def messages(count: int) -> list[EmailMessage]:
+    return [
+        EmailMessage(f"Benchmark {i}", BODY, None, [f"user{i}@example.com"]) for i in range(count)
+    ]
+
+
+def run_backend(backend, count: int) -> float:
+    batch = messages(count)
+    started = time.perf_counter()
+    backend.open()
+    sent = backend.send_messages(batch)
+    backend.close()
+    elapsed = time.perf_counter() - started
+    assert sent == count, f"{type(backend).__name__} sent {sent} of {count}"
+    return count / elapsed
+
+
+def run_smtp_source(port: int, count: int) -> float:
+    source = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            source,
+            "-d",
+            "-m",
+            str(count),
+            "-l",
+            str(len(BODY)),
+            "-f",
+            "gateway@example.com",
+            "-t",
+            "user@example.com",
+            f"127.0.0.1:{port}",
+        ],
+        check=True,
+    )
+    return count / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    call_command("migrate", verbosity=0)
+    port = free_port()
+    sink = start_sink(port)
+    try:
+        record = store.load()
+        record.sender_email, record.host, record.port = "gateway@example.com", "127.0.0.1", port
+        record.options = {"restart_threshold": 0}  # one connection, as in (a) and (c)
+        record.save()
+        runs = {
+            "a": lambda: run_backend(
+                DjangoSmtpBackend(host="127.0.0.1", port=port, use_tls=False), args.messages
+            ),
+            "b": lambda: run_backend(StoredSettingsBackend(), args.messages),
+            "c": lambda: run_smtp_source(port, args.messages),
+        }
+        results: dict[str, list[float]] = {key: [] for key in runs}
+        for round_number in range(1, args.rounds + 1):
+            for key, run in runs.items():
+                results[key].append(run())
+            print(
+                f"round {round_number}: "
+                + "  ".join(f"({k}) {v[-1]:,.0f}/s" for k, v in results.items()),
+                flush=True,
+            )
+    finally:
+        sink.terminate()
+        sink.wait()
+
+    median = {key: statistics.median(values) for key, values in results.items()}
+    print(
+        f"\n{args.messages:,} messages of {len(BODY):,} bytes over one connection, "
+        f"median of {args.rounds} alternating rounds:"
+    )
+    print(f"  (a) Django SMTP backend      {median['a']:>9,.0f} messages/s")
+    print(f"  (b) StoredSettingsBackend    {median['b']:>9,.0f} messages/s")
+    print(f"  (c) smtp-source -d (ceiling) {median['c']:>9,.0f} messages/s")
+    print(f"  (b)/(a) = {median['b'] / median['a']:.2f}   (floor 1.0)")
+    print(f"  (b)/(c) = {median['b'] / median['c']:.2f}   (goal 0.6)")
+
+
+if __name__ == "__main__":
+    main()
