@@ -79,8 +79,7 @@ class SmtpSettingsForm(forms.ModelForm):
         self.fields["sender_email"].error_messages["required"] = (
             "Enter the address mail is sent from."
         )
-        if self.instance.options:
-            self.initial["options"] = json.dumps(self.instance.options)
+        self.initial["options"] = json.dumps(self.instance.options) if self.instance.options else ""
 
     def clean_sender_name(self) -> str:
         return _no_control_characters(self.cleaned_data["sender_name"], "sender name")
