@@ -21,6 +21,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from tests.components import missing
+from tests.selfsigned import self_signed_certificate
 
 # Not loopback by its spelling, so the encryption rules treat it as a remote server, yet it
 # reaches 127.0.0.1 through /etc/hosts (.ci/run adds the line).
@@ -150,32 +151,7 @@ def certificates(*, hostname: str = TEST_HOST, expired: bool = False) -> Certifi
 
 def self_signed(hostname: str = TEST_HOST) -> Certificates:
     """A certificate that is its own issuer, as many internal SMTP servers have."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
+    pem, key_pem = self_signed_certificate(hostname)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     with trustme.Blob(pem.encode() + key_pem.encode()).tempfile() as path:
         context.load_cert_chain(path)

@@ -9,6 +9,14 @@ from smtpsettings import store
 
 pytestmark = pytest.mark.django_db(transaction=True)
 PASSWORD = "Plaintext-Canary-7f3a9c"
+FORM = {
+    "sender_email": "gateway@example.com",
+    "host": "smtp.example.com",
+    "port": "587",
+    "encryption": "auto",
+    "username": "alice",
+    "password": PASSWORD,
+}
 
 
 def test_sqlite_file_does_not_contain_the_password(admin_client):
@@ -16,14 +24,7 @@ def test_sqlite_file_does_not_contain_the_password(admin_client):
         pytest.skip("reads the SQLite database file; PostgreSQL is checked through SQL below")
     response = admin_client.post(
         "/settings/smtp/",
-        {
-            "sender_email": "gateway@example.com",
-            "host": "smtp.example.com",
-            "port": "587",
-            "encryption": "auto",
-            "username": "alice",
-            "password": PASSWORD,
-        },
+        FORM,
     )
     assert response.status_code == 302
     token = store.load().password_token
@@ -40,14 +41,7 @@ def test_sqlite_file_does_not_contain_the_password(admin_client):
 def test_no_column_of_any_table_holds_the_password(admin_client):
     admin_client.post(
         "/settings/smtp/",
-        {
-            "sender_email": "gateway@example.com",
-            "host": "smtp.example.com",
-            "port": "587",
-            "encryption": "auto",
-            "username": "alice",
-            "password": PASSWORD,
-        },
+        FORM,
     )
     found = []
     with connection.cursor() as cursor:
