@@ -43,6 +43,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django_tasks",
+    "django_tasks_db",
 ]
 
 MIDDLEWARE = [
@@ -91,9 +93,18 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-# Every e-mail goes out with the SMTP settings kept on Settings -> SMTP.
-EMAIL_BACKEND = "smtpsettings.backends.StoredSettingsBackend"
+# Every e-mail is stored in the outbox and delivered by a task worker with the SMTP settings
+# kept on Settings -> SMTP (smtpsettings.backends.StoredSettingsBackend sends directly).
+EMAIL_BACKEND = "notifications.backends.OutboxBackend"
 DEFAULT_FROM_EMAIL = "gateway-manager@localhost"  # replaced by the stored sender when sending
+OUTBOX_RETRY_HOURS = env.float("OUTBOX_RETRY_HOURS", default=24)
+OUTBOX_RETRY_FIRST_DELAY = env.float("OUTBOX_RETRY_FIRST_DELAY", default=30)
+OUTBOX_LEASE_SECONDS = env.int("OUTBOX_LEASE_SECONDS", default=600)
+OUTBOX_BATCH_SIZE = env.int("OUTBOX_BATCH_SIZE", default=100)
+OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=30)
+
+# Tasks: the database backend and its worker (manage.py db_worker) by default.
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"

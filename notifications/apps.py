@@ -5,3 +5,10 @@ class NotificationsConfig(AppConfig):
     name = "notifications"
     verbose_name = "Notifications"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from smtpsettings.signals import settings_saved
+
+        from .receivers import retry_with_new_settings
+
+        settings_saved.connect(retry_with_new_settings, dispatch_uid="outbox-retry-soon")

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from .certificates import InvalidCertificate, parse_pem_bundle
 from .models import SmtpSettings, SmtpSettingsChange
+from .signals import settings_saved
 
 # The fields an administrator edits, in page order, with the labels the history shows.
 EDITABLE = {
@@ -102,6 +103,7 @@ def save(
             source=source,
             changes=result.changes,
         )
+        settings_saved.send(sender=SmtpSettings, settings=settings, changes=result.changes)
     return result
 
 

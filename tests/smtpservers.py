@@ -6,6 +6,7 @@ tests assert on the server's side of the conversation, not on our own code's opi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import socket
@@ -71,6 +72,7 @@ class Recorder:
     refuse_recipients: dict[str, str] = field(default_factory=dict)  # address -> reply
     data_replies: list[str] = field(default_factory=list)  # replies to use before "250 OK"
     noop_reply: str | None = None
+    data_delay: float = 0.0  # seconds before answering DATA: a slow server
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
@@ -97,6 +99,8 @@ class Recorder:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         with self.lock:
             if self.data_replies:
                 return self.data_replies.pop(0)

@@ -1,0 +1,87 @@
+"""The durable outbox as a Django e-mail backend.
+
+    EMAIL_BACKEND = "notifications.backends.OutboxBackend"
+
+send_messages() stores each message as an OutboundEmail row inside the caller's database
+transaction and, once that transaction commits, enqueues its delivery as a task. So a web
+request never talks to an SMTP server, a rolled-back invitation sends nothing, and nothing
+is lost when the SMTP server or a worker is down.
+
+Say what a message is for with `email.outbox_category` (see notifications.models.Category)
+and link it to what caused it with `email.outbox_cause` (any model instance); `queue_email()`
+does both.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+from django.conf import settings
+from django.contrib.contenttypes.models import ContentType
+from django.core.mail import EmailMessage
+from django.core.mail.backends.base import BaseEmailBackend
+from django.db import models, transaction
+
+from smtpsettings import store
+from smtpsettings.backends import envelope_address, sender_of
+
+from .models import Category, OutboundEmail
+from .policy import PENDING
+
+
+def queue_email(
+    message: EmailMessage, *, category: str = Category.OTHER, cause: models.Model | None = None
+) -> OutboundEmail:
+    """Store one message in the outbox (in the current transaction) and return its row."""
+    message.outbox_category = category
+    message.outbox_cause = cause
+    rows = OutboxBackend().store([message])
+    return rows[0]
+
+
+class OutboxBackend(BaseEmailBackend):
+    def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
+        try:
+            return len(self.store(email_messages))
+        except Exception:
+            if not self.fail_silently:
+                raise
+            return 0
+
+    def store(self, email_messages: Sequence[EmailMessage]) -> list[OutboundEmail]:
+        messages = [m for m in email_messages if m.recipients()]
+        if not messages:
+            return []
+        default_from = sender_of(store.load())
+        rows = [self._row(message, default_from) for message in messages]
+        with transaction.atomic():
+            OutboundEmail.objects.bulk_create(rows)
+            transaction.on_commit(enqueue_delivery)
+        return rows
+
+    @staticmethod
+    def _row(message: EmailMessage, default_from: str) -> OutboundEmail:
+        if message.from_email in ("", None, settings.DEFAULT_FROM_EMAIL) and default_from:
+            message = copy.copy(message)
+            message.from_email = default_from
+        encoding = message.encoding or settings.DEFAULT_CHARSET
+        mime = message.message()
+        cause = getattr(message, "outbox_cause", None)
+        recipients = dict.fromkeys(envelope_address(a, encoding) for a in message.recipients())
+        return OutboundEmail(
+            category=getattr(message, "outbox_category", Category.OTHER),
+            cause_type=ContentType.objects.get_for_model(cause) if cause is not None else None,
+            cause_id=str(cause.pk) if cause is not None else "",
+            message_id=mime["Message-ID"] or "",
+            subject=str(message.subject)[:255],
+            envelope_from=envelope_address(message.from_email, encoding),
+            recipients=[{"address": a, "status": PENDING, "reply": ""} for a in recipients],
+            data=mime.as_bytes(linesep="\r\n"),
+        )
+
+
+def enqueue_delivery() -> None:
+    from .tasks import deliver_outbox
+
+    deliver_outbox.enqueue()

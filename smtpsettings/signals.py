@@ -1,0 +1,5 @@
+from django.dispatch import Signal
+
+# Sent after the SMTP settings were saved with changes. Arguments: settings (the record),
+# changes (the history entries: field, label, old, new; never a password value).
+settings_saved = Signal()
