@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -93,13 +94,18 @@ class Courier:
             self.transport.close()
             self.transport = None
 
-    def drain(self, batch_size: int | None = None) -> int:
+    def drain(
+        self, batch_size: int | None = None, on_claim: Callable[[], None] | None = None
+    ) -> int:
         """Deliver every message that was due when the drain began, batch after batch.
-        Returns how many were handled. A retry scheduled meanwhile waits for its time."""
+        Returns how many were handled. A retry scheduled meanwhile waits for its time.
+        `on_claim` runs once, when the first batch is claimed."""
         started = timezone.now()
         handled = 0
         down: SmtpProblem | None = None  # the connection failed: the rest waits for a retry
         while batch := claim(self.worker, batch_size or settings.OUTBOX_BATCH_SIZE, started):
+            if on_claim is not None and not handled:
+                on_claim()
             handled += len(batch)
             if down is None:
                 try:

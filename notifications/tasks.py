@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 
+from django.conf import settings
 from django.utils import timezone
 from django_tasks import task
 
@@ -20,13 +22,22 @@ def courier() -> Courier:
     return _courier
 
 
+def watchdog() -> None:
+    """If this worker dies holding messages, wake another one when their lease runs out."""
+    lease = datetime.timedelta(seconds=settings.OUTBOX_LEASE_SECONDS + 1)
+    deliver_outbox.using(run_after=timezone.now() + lease).enqueue()
+
+
 @task()
 def deliver_outbox() -> int:
     """Deliver every due message, then schedule a wake-up for the next retry."""
-    handled = courier().drain()
+    handled = courier().drain(on_claim=watchdog)
     wake = schedule_retries()
-    if wake is not None and wake > timezone.now():
-        deliver_outbox.using(run_after=wake).enqueue()
+    if wake is not None:  # retries are waiting: wake up for the first, at once if it is due
+        if wake > timezone.now():
+            deliver_outbox.using(run_after=wake).enqueue()
+        else:
+            deliver_outbox.enqueue()
     if handled:
         log.info("Outbox: handled %d message(s): %s", handled, dict(courier().counts))
     return handled
