@@ -1,5 +1,6 @@
 """The password is stored encrypted: not even the raw database file holds it in clear."""
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -30,9 +31,11 @@ def test_sqlite_file_does_not_contain_the_password(admin_client):
     token = store.load().password_token
     connection.close()  # flush the connection so every byte is in the files
     database = Path(connection.settings_dict["NAME"])
-    raw = b"".join(
-        path.read_bytes() for path in (database, Path(f"{database}-wal")) if path.exists()
-    )
+    # Read the files from another process: closing a descriptor of the database file in this
+    # one would drop the POSIX locks SQLite holds here (a documented SQLite pitfall) and
+    # corrupt later tests that share the file with worker processes.
+    files = [str(path) for path in (database, Path(f"{database}-wal")) if path.exists()]
+    raw = subprocess.run(["cat", *files], capture_output=True, check=True).stdout
     assert token.encode() in raw, "the test must find the stored record in the file"
     assert PASSWORD.encode() not in raw
     assert PASSWORD.encode("utf-16-le") not in raw
