@@ -9,5 +9,6 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("settings/smtp/", include("smtpsettings.urls")),
+    path("outbox/", include("notifications.urls")),
     path("admin/", admin.site.urls),
 ]

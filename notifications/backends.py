@@ -15,6 +15,7 @@ does both.
 from __future__ import annotations
 
 import copy
+import uuid
 from collections.abc import Sequence
 
 from django.conf import settings
@@ -54,14 +55,15 @@ class OutboxBackend(BaseEmailBackend):
         if not messages:
             return []
         default_from = sender_of(store.load())
-        rows = [self._row(message, default_from) for message in messages]
+        batch = uuid.uuid4().hex if len(messages) > 1 else ""
+        rows = [self._row(message, default_from, batch) for message in messages]
         with transaction.atomic():
             OutboundEmail.objects.bulk_create(rows)
             transaction.on_commit(enqueue_delivery)
         return rows
 
     @staticmethod
-    def _row(message: EmailMessage, default_from: str) -> OutboundEmail:
+    def _row(message: EmailMessage, default_from: str, batch: str) -> OutboundEmail:
         if message.from_email in ("", None, settings.DEFAULT_FROM_EMAIL) and default_from:
             message = copy.copy(message)
             message.from_email = default_from
@@ -77,6 +79,8 @@ class OutboxBackend(BaseEmailBackend):
             subject=str(message.subject)[:255],
             envelope_from=envelope_address(message.from_email, encoding),
             recipients=[{"address": a, "status": PENDING, "reply": ""} for a in recipients],
+            to_text=" ".join(recipients).lower(),
+            batch=batch,
             data=mime.as_bytes(linesep="\r\n"),
         )
 

@@ -35,6 +35,8 @@ class OutboundEmail(models.Model):
     envelope_from = models.CharField(max_length=254)
     # [{"address": "...", "status": "pending" | "sent" | "refused", "reply": "250 ..."}]
     recipients = models.JSONField()
+    to_text = models.TextField(blank=True)  # the addresses, lower case, for searching
+    batch = models.CharField(max_length=32, blank=True, db_index=True)  # one send_messages() call
     data = models.BinaryField()  # the whole message as it goes over the wire
 
     status = models.CharField(
