@@ -159,8 +159,7 @@ class Courier:
         changes["status"] = status
         if status == Status.SENT:
             changes["sent_at"] = now
-        if problem is not None:
-            changes["last_error"] = str(problem)
+        changes["last_error"] = str(problem) if problem is not None else ""
         outcome = _outcome(status, refused, problem)
         self.counts[outcome] += 1
         with transaction.atomic():
