@@ -177,3 +177,19 @@ def test_command_test_json_and_non_zero_exit_on_failure():
 def test_command_test_validates_the_address():
     with pytest.raises(CommandError, match="--to: Enter a valid email address"):
         call_command("smtp_settings", "test", "--to", "not an address")
+
+
+def test_command_transcript_never_contains_the_password():
+    certs = certificates()
+    with smtp_server(mode="starttls", certs=certs, auth=True) as server:
+        record = configure_stored(server)
+        record.username = USERNAME
+        record.trusted_certificate = certs.ca_pem
+        record.seal_password(PASSWORD)
+        record.save()
+        for extra in ([], ["--json"]):
+            out = io.StringIO()
+            call_command("smtp_settings", "test", "--to", "ops@example.com", *extra, stdout=out)
+            assert "PLAIN as alice" in out.getvalue()
+            assert PASSWORD not in out.getvalue()
+    assert server.recorder.logins == [f"PLAIN {USERNAME}"] * 2
