@@ -1,5 +1,7 @@
-"""The outbox with real worker processes (manage.py db_worker) and a real SMTP server:
-crashes, restarts and competing workers. Runs on SQLite and on PostgreSQL."""
+"""The outbox with real worker processes and a real SMTP server: crashes, restarts and
+competing workers. Runs on SQLite and on PostgreSQL with the database task backend
+(manage.py db_worker), and again on Redis with RQ workers (scripts/test runs it under
+`python -m tests.redis_server`, which sets TASKS_BACKEND=rq)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.db import connection
 
 from notifications.models import OutboundEmail, Status
@@ -32,6 +35,24 @@ def database_url() -> str:
     )
 
 
+def worker_command() -> list[str]:
+    if settings.TASKS_BACKEND == "rq":
+        # SimpleWorker runs jobs in its own process, so the SMTP connection outlives a job;
+        # the scheduler runs deferred wake-ups (retries and lease watchdogs).
+        return [
+            sys.executable,
+            "manage.py",
+            "rqworker",
+            "default",
+            "--with-scheduler",
+            "--worker-class",
+            "rq.worker.SimpleWorker",
+            "--job-class",
+            "django_tasks_rq.backend.Job",  # the job class django-tasks-rq enqueues with
+        ]
+    return [sys.executable, "manage.py", "db_worker", "--interval", "0.05", "--no-startup-delay"]
+
+
 @pytest.fixture
 def workers(tmp_path):
     """Start db_worker processes against the test database; all are stopped afterwards."""
@@ -41,7 +62,7 @@ def workers(tmp_path):
     def start(**env) -> subprocess.Popen:
         log = open(tmp_path / f"worker-{len(started)}.log", "w")  # noqa: SIM115
         process = subprocess.Popen(
-            [sys.executable, "manage.py", "db_worker", "--interval", "0.05", "--no-startup-delay"],
+            worker_command(),
             cwd=ROOT,
             env={
                 **os.environ,
