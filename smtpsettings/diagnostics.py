@@ -44,7 +44,9 @@ class Diagnosis:
             "steps": [
                 {
                     **{k: v for k, v in dataclasses.asdict(step).items() if k != "certificate"},
+                    "label": step.label,
                     "seconds": round(step.seconds, 4),
+                    "milliseconds": step.milliseconds,
                     "certificate": _certificate(step.certificate),
                 }
                 for step in self.steps

@@ -162,3 +162,29 @@ class SmtpSettingsChange(models.Model):
     def __str__(self) -> str:
         fields = ", ".join(change["label"] for change in self.changes)
         return f"{self.actor} changed {fields}"
+
+
+class SmtpTestRun(models.Model):
+    """One "Send test e-mail", run by a task worker so no web request talks to SMTP.
+
+    It holds the settings as the form had them (saved or not); a password typed for the test
+    is sealed like the stored one and dropped once the run is over.
+    """
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    recipient = models.EmailField()
+    config = models.JSONField()  # the editable fields, as the form had them
+    password_token = models.TextField(blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    result = models.JSONField(null=True, blank=True)  # Diagnosis.as_dict()
+    presented_certificate = models.TextField(blank=True)  # PEM, when it was not trusted
+
+    def __str__(self) -> str:
+        return f"Test e-mail to {self.recipient} at {self.created_at:%Y-%m-%d %H:%M}"
+
+    def candidate(self) -> SmtpSettings:
+        """The settings to test, never saved."""
+        return SmtpSettings(**self.config, password_token=self.password_token)

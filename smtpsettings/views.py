@@ -5,17 +5,20 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.clickjacking import xframe_options_sameorigin
 from django.views.decorators.http import require_http_methods
 
 from . import store
 from .certificates import InvalidCertificate, parse_pem_bundle
-from .diagnostics import Diagnosis, send_test_email
 from .forms import RecipientForm, SmtpSettingsForm
 from .hostnames import unicode_host
-from .models import PasswordState, SmtpSettings
+from .models import PasswordState, SmtpSettings, SmtpTestRun
 from .options import OptionsError
+from .tasks import run_smtp_test
 
 VIEW_PERMISSION = "smtpsettings.view_smtpsettings"
 CHANGE_PERMISSION = "smtpsettings.change_smtpsettings"
@@ -28,7 +31,7 @@ PRESENTED = "smtpsettings.presented_certificate"  # session key for the trust fl
 def smtp_settings_page(request: HttpRequest) -> HttpResponse:
     can_change = request.user.has_perm(CHANGE_PERMISSION)
     recipient_form = RecipientForm(initial={"test_to": request.user.email})
-    diagnosis = None
+    test_run = None
     if request.method == "POST":
         if not can_change:
             raise PermissionDenied
@@ -36,7 +39,7 @@ def smtp_settings_page(request: HttpRequest) -> HttpResponse:
         if request.POST.get("action") == "test":
             recipient_form = RecipientForm(request.POST)
             if form.is_valid() and recipient_form.is_valid():
-                diagnosis = _run_test(request, form, recipient_form.cleaned_data["test_to"])
+                test_run = _start_test(request, form, recipient_form.cleaned_data["test_to"])
         elif form.is_valid():
             result = form.save(
                 actor=request.user, actor_name=request.user.get_username(), source="web page"
@@ -49,20 +52,43 @@ def smtp_settings_page(request: HttpRequest) -> HttpResponse:
         for field in form.fields.values():
             field.disabled = True
     context = _page_context(form, can_change)
-    context.update(recipient_form=recipient_form, diagnosis=diagnosis)
+    context.update(recipient_form=recipient_form, test_run=test_run)
     return render(request, "smtpsettings/settings.html", context)
 
 
-def _run_test(request: HttpRequest, form: SmtpSettingsForm, recipient: str) -> Diagnosis:
-    diagnosis = send_test_email(form.candidate(), recipient)
-    problem = diagnosis.problem
-    if problem and problem.kind == "untrusted" and problem.certificate_pem:
+def _start_test(request: HttpRequest, form: SmtpSettingsForm, recipient: str) -> SmtpTestRun:
+    """Store the form's settings for a worker to test: no web request talks to SMTP."""
+    candidate = form.candidate()
+    run = SmtpTestRun.objects.create(
+        requested_by=request.user,
+        recipient=recipient,
+        config={field: getattr(candidate, field) for field in store.EDITABLE},
+        password_token=candidate.password_token,
+    )
+    transaction.on_commit(lambda: run_smtp_test.enqueue(run.pk))
+    return run
+
+
+@login_required
+@permission_required(CHANGE_PERMISSION, raise_exception=True)
+@xframe_options_sameorigin
+def test_run_result(request: HttpRequest, pk: int) -> HttpResponse:
+    """The result of one test, shown in a frame of the settings page; it reloads itself until
+    a worker has run the test, so the page works without JavaScript."""
+    run = get_object_or_404(SmtpTestRun, pk=pk, requested_by=request.user)
+    if run.finished_at and run.presented_certificate:
+        certificate = parse_pem_bundle(run.presented_certificate)[0]
         request.session[PRESENTED] = {
-            "pem": problem.certificate_pem,
-            "sha256": problem.certificate.sha256,
-            "server": f"{form.instance.host}:{form.instance.port}",
+            "pem": run.presented_certificate,
+            "sha256": certificate.sha256,
+            "server": f"{run.config['host']}:{run.config['port']}",
         }
-    return diagnosis
+    waiting = (timezone.now() - run.created_at).total_seconds()
+    return render(
+        request,
+        "smtpsettings/test_run.html",
+        {"run": run, "diagnosis": run.result, "stalled": not run.finished_at and waiting > 15},
+    )
 
 
 @login_required

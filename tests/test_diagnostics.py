@@ -7,6 +7,8 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from smtpsettings import store
+from smtpsettings.models import SmtpTestRun
+from smtpsettings.tasks import run_smtp_test
 from tests.smtpservers import PASSWORD, USERNAME, certificates, require_test_host, smtp_server
 
 URL = "/settings/smtp/"
@@ -16,6 +18,17 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def _test_host():
     require_test_host()
+
+
+def run_test(client, data) -> str:
+    """Press "Send test e-mail", let a worker run the test, and read the result frame."""
+    response = client.post(URL, data)
+    assert response.status_code == 200
+    run = response.context["test_run"]
+    assert run is not None, response.context["form"].errors
+    assert f'src="/settings/smtp/test/{run.pk}/"' in response.content.decode()
+    run_smtp_test.call(run.pk)
+    return client.get(f"/settings/smtp/test/{run.pk}/").content.decode()
 
 
 def form(server, **changes):
@@ -37,12 +50,10 @@ def form(server, **changes):
 def test_test_email_uses_unsaved_form_values_and_shows_every_step(admin_client):
     certs = certificates()
     with smtp_server(mode="starttls", certs=certs, auth=True) as server:
-        response = admin_client.post(
-            URL,
+        html = run_test(
+            admin_client,
             form(server, username=USERNAME, password=PASSWORD, trusted_certificate=certs.ca_pem),
         )
-    assert response.status_code == 200
-    html = response.content.decode()
     assert "Delivered: the server accepted the test e-mail for admin@example.com" in html
     for label in [
         "Resolve",
@@ -74,10 +85,8 @@ def test_stored_password_is_used_only_while_the_server_is_unchanged(admin_client
             server, username=USERNAME, password=PASSWORD, trusted_certificate=certs.ca_pem
         )
         admin_client.post(URL, {**values, "action": "save"})
-        ok = admin_client.post(URL, {**values, "password": ""}).content.decode()
-        changed = admin_client.post(
-            URL, {**values, "password": "", "username": "mallory"}
-        ).content.decode()
+        ok = run_test(admin_client, {**values, "password": ""})
+        changed = run_test(admin_client, {**values, "password": "", "username": "mallory"})
     assert "Delivered" in ok
     assert "saved for another server, port or user" in changed
     assert server.recorder.logins == [f"PLAIN {USERNAME}"]
@@ -85,7 +94,7 @@ def test_stored_password_is_used_only_while_the_server_is_unchanged(admin_client
 
 def test_failure_shows_advice_and_the_servers_reply(admin_client):
     with smtp_server(mode="plain") as server:
-        html = admin_client.post(URL, form(server)).content.decode()
+        html = run_test(admin_client, form(server))
     assert "does not offer STARTTLS, which is required" in html
     assert '<tr class="failed">' in html
 
@@ -94,7 +103,7 @@ def test_trust_flow_shows_the_fingerprint_then_trusts_and_the_next_test_passes(a
     certs = certificates()
     with smtp_server(mode="starttls", certs=certs) as server:
         admin_client.post(URL, {**form(server), "action": "save"})
-        first = admin_client.post(URL, form(server)).content.decode()
+        first = run_test(admin_client, form(server))
         assert "not signed by an authority this machine trusts" in first
         assert "Trust this certificate" in first
         confirm = admin_client.get("/settings/smtp/trust/").content.decode()
@@ -106,9 +115,7 @@ def test_trust_flow_shows_the_fingerprint_then_trusts_and_the_next_test_passes(a
         assert response.status_code == 302
         assert store.load().trusted_certificate.strip() == certs.pem.strip()
         assert store.load().options == {"timeout": 5}  # verify_peer untouched
-        second = admin_client.post(
-            URL, form(server, trusted_certificate=certs.pem)
-        ).content.decode()
+        second = run_test(admin_client, form(server, trusted_certificate=certs.pem))
     assert "Delivered" in second
     assert len(server.messages) == 1
 
@@ -116,7 +123,7 @@ def test_trust_flow_shows_the_fingerprint_then_trusts_and_the_next_test_passes(a
 def test_trust_refuses_a_fingerprint_that_was_not_presented(admin_client):
     certs = certificates()
     with smtp_server(mode="starttls", certs=certs) as server:
-        admin_client.post(URL, form(server))
+        run_test(admin_client, form(server))
     response = admin_client.post("/settings/smtp/trust/", {"sha256": "AB:CD"}, follow=True)
     assert "The certificate changed in the meantime" in response.content.decode()
     assert store.load().trusted_certificate == ""
@@ -193,3 +200,41 @@ def test_command_transcript_never_contains_the_password():
             assert "PLAIN as alice" in out.getvalue()
             assert PASSWORD not in out.getvalue()
     assert server.recorder.logins == [f"PLAIN {USERNAME}"] * 2
+
+
+def test_the_request_only_stores_the_test_and_a_worker_runs_it(admin_client):
+    with smtp_server(mode="plain") as server:
+        response = admin_client.post(URL, form(server, options='{"auto_tls": false}'))
+        assert server.recorder.connections == 0  # the web request did not talk to SMTP
+        run = SmtpTestRun.objects.get()
+        pending = admin_client.get(f"/settings/smtp/test/{run.pk}/").content.decode()
+        assert 'http-equiv="refresh"' in pending and "Sending the test e-mail" in pending
+        assert response.context["form"]["options"].value() == '{"auto_tls": false}'  # kept
+        run_smtp_test.call(run.pk)
+    done = admin_client.get(f"/settings/smtp/test/{run.pk}/").content.decode()
+    assert "Delivered" in done and 'http-equiv="refresh"' not in done
+    assert len(server.messages) == 1
+
+
+def test_a_typed_password_is_not_kept_after_the_test(admin_client):
+    certs = certificates()
+    with smtp_server(mode="starttls", certs=certs, auth=True) as server:
+        run_test(
+            admin_client,
+            form(server, username=USERNAME, password=PASSWORD, trusted_certificate=certs.ca_pem),
+        )
+    run = SmtpTestRun.objects.get()
+    assert run.password_token == ""
+    assert PASSWORD not in str(run.result)
+
+
+def test_someone_elses_test_result_is_not_shown(admin_client, client):
+    from tests.conftest import make_user
+
+    with smtp_server(mode="plain") as server:
+        admin_client.post(URL, form(server))
+    run = SmtpTestRun.objects.get()
+    client.force_login(
+        make_user("other", "smtpsettings.view_smtpsettings", "smtpsettings.change_smtpsettings")
+    )
+    assert client.get(f"/settings/smtp/test/{run.pk}/").status_code == 404
