@@ -30,14 +30,12 @@ import django  # noqa: E402
 django.setup()
 
 from django.core.mail import EmailMultiAlternatives  # noqa: E402
-from django.core.management import call_command  # noqa: E402
 from django.db import transaction  # noqa: E402
 from django_tasks_db.models import DBTaskResult  # noqa: E402
 
-from bench.smtp_throughput import free_port, start_sink  # noqa: E402
+from bench.smtp_throughput import start_sink_and_point_settings_at_it  # noqa: E402
 from notifications.backends import OutboxBackend  # noqa: E402
 from notifications.models import OutboundEmail, Status  # noqa: E402
-from smtpsettings import store  # noqa: E402
 from smtpsettings.backends import StoredSettingsBackend  # noqa: E402
 
 TEXT = ("You have been invited to join Gateway Manager. Follow the link to set a password.\n" * 12)[
@@ -88,13 +86,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    call_command("migrate", verbosity=0)
-    port = free_port()
-    sink = start_sink(port)
-    record = store.load()
-    record.sender_email, record.host, record.port = "gateway@example.com", "127.0.0.1", port
-    record.options = {"restart_threshold": 0}
-    record.save()
+    sink, _ = start_sink_and_point_settings_at_it()
     worker = subprocess.Popen(
         [sys.executable, "manage.py", "db_worker", "--interval", "0.05", "--no-startup-delay"],
         cwd=ROOT,

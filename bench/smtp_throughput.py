@@ -60,6 +60,18 @@ def start_sink(port: int) -> subprocess.Popen:
     sys.exit("smtp-sink did not start")
 
 
+def start_sink_and_point_settings_at_it() -> tuple[subprocess.Popen, int]:
+    """Migrate, start smtp-sink on a free port, and aim the stored settings at it."""
+    call_command("migrate", verbosity=0)
+    port = free_port()
+    sink = start_sink(port)
+    record = store.load()
+    record.sender_email, record.host, record.port = "gateway@example.com", "127.0.0.1", port
+    record.options = {"restart_threshold": 0}  # one connection, as smtp-source -d uses
+    record.save()
+    return sink, port
+
+
 def messages(count: int) -> list[EmailMessage]:
     return [
         EmailMessage(f"Benchmark {i}", BODY, None, [f"user{i}@example.com"]) for i in range(count)
@@ -105,14 +117,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    call_command("migrate", verbosity=0)
-    port = free_port()
-    sink = start_sink(port)
+    sink, port = start_sink_and_point_settings_at_it()
     try:
-        record = store.load()
-        record.sender_email, record.host, record.port = "gateway@example.com", "127.0.0.1", port
-        record.options = {"restart_threshold": 0}  # one connection, as in (a) and (c)
-        record.save()
         runs = {
             "a": lambda: run_backend(
                 DjangoSmtpBackend(host="127.0.0.1", port=port, use_tls=False), args.messages
