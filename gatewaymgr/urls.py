@@ -10,5 +10,12 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("settings/smtp/", include("smtpsettings.urls")),
     path("outbox/", include("notifications.urls")),
+    path("users/", views.users_page, name="users"),
+    path(
+        "users/invitations/<int:pk>/<str:action>/",
+        views.invitation_action,
+        name="invitation_action",
+    ),
+    path("invite/<str:token>/", views.accept_invitation, name="accept_invitation"),
     path("admin/", admin.site.urls),
 ]

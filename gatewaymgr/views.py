@@ -1,8 +1,168 @@
-from django.contrib.auth.decorators import login_required
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth import get_user_model, login
+from django.contrib.auth.decorators import login_required, permission_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_http_methods, require_POST
+
+from smtpsettings import store
+
+from . import invitations
+from .forms import AcceptInvitationForm, InviteForm
+from .models import Invitation, InvitationStatus
+
+VIEW_INVITATIONS = "gatewaymgr.view_invitation"
+INVITE = "gatewaymgr.add_invitation"  # invite and resend
+REVOKE = "gatewaymgr.change_invitation"
 
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
     return render(request, "console/home.html")
+
+
+@login_required
+@permission_required(VIEW_INVITATIONS, raise_exception=True)
+@require_http_methods(["GET", "POST"])
+def users_page(request: HttpRequest) -> HttpResponse:
+    can_invite = request.user.has_perm(INVITE)
+    form = InviteForm()
+    if request.method == "POST":
+        if not can_invite:
+            raise PermissionDenied
+        form = InviteForm(request.POST)
+        if form.is_valid():
+            report = invitations.invite(
+                form.invitees,
+                groups=form.cleaned_data["groups"],
+                valid_days=form.cleaned_data["valid_days"],
+                inviter=request.user,
+            )
+            _report_invite(request, report)
+            problems = [str(p) for p in form.problems] + [text for _, text in report.refused]
+            if not problems:
+                return redirect("users")
+            # Leave only what still needs attention in the box, each with its reason.
+            rest = [p.entry for p in form.problems] + [
+                f"{i.name} <{i.email}>" if i.name else i.email for i, _ in report.refused
+            ]
+            form = InviteForm(initial={**form.cleaned_data, "addresses": "\n".join(rest)})
+            form.address_problems = problems
+    status = request.GET.get("status", "")
+    listed = invitations.with_status(status if status in InvitationStatus.values else "")
+    page = Paginator(listed, 50).get_page(request.GET.get("page"))
+    delivery = invitations.delivery_of(page.object_list)
+    for invitation in page:
+        invitation.delivery = delivery.get(invitation.pk)
+    User = get_user_model()
+    return render(
+        request,
+        "invitations/users.html",
+        {
+            "form": form,
+            "can_invite": can_invite,
+            "can_revoke": request.user.has_perm(REVOKE),
+            "can_see_outbox": request.user.has_perm("notifications.view_outboundemail"),
+            "page": page,
+            "status": status,
+            "counts": invitations.counts_by_status(),
+            "Status": InvitationStatus,
+            "smtp_ready": bool(store.load().host),
+            "users": User.objects.order_by("username").prefetch_related("groups")
+            if request.user.has_perm("auth.view_user")
+            else None,
+        },
+    )
+
+
+def _report_invite(request: HttpRequest, report: invitations.InviteReport) -> None:
+    if report.invited:
+        messages.success(
+            request,
+            f"Invited {len(report.invited)}: {', '.join(i.email for i in report.invited[:10])}"
+            + (" …" if len(report.invited) > 10 else "")
+            + ". The e-mails are in the outbox.",
+        )
+    if report.reinvited:
+        messages.success(
+            request,
+            f"Sent a new link to {len(report.reinvited)} already invited: "
+            f"{', '.join(i.email for i in report.reinvited[:10])}"
+            + (" …" if len(report.reinvited) > 10 else "")
+            + ". Their earlier links no longer work.",
+        )
+
+
+@login_required
+@require_POST
+def invitation_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
+    invitation = get_object_or_404(Invitation, pk=pk)
+    if action == "resend":
+        if not request.user.has_perm(INVITE):
+            raise PermissionDenied
+        if invitations.resend(invitation, request.user):
+            messages.success(
+                request,
+                f"Sent a new link to {invitation.email}, valid for {invitation.valid_days} "
+                "days. The earlier link no longer works.",
+            )
+        else:
+            messages.error(request, "Only a pending or expired invitation can be resent.")
+    elif action == "revoke":
+        if not request.user.has_perm(REVOKE):
+            raise PermissionDenied
+        if invitations.revoke(invitation, request.user):
+            messages.success(request, f"Revoked the invitation for {invitation.email}.")
+        else:
+            messages.error(request, "Only a pending or expired invitation can be revoked.")
+    return redirect("users")
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def accept_invitation(request: HttpRequest, token: str) -> HttpResponse:
+    invitation = invitations.find(token)
+    if invitation is None or invitation.status != InvitationStatus.PENDING:
+        return _unusable(request, invitation)
+    if request.method == "POST":
+        form = AcceptInvitationForm(invitation, request.POST)
+        if form.is_valid():
+            try:
+                user = invitations.accept(
+                    token,
+                    name=form.cleaned_data["name"],
+                    username=form.cleaned_data["username"],
+                    password=form.cleaned_data["password1"],
+                )
+            except invitations.InvitationUnusable:
+                return _unusable(request, invitations.find(token))
+            except invitations.UsernameTaken:
+                form.add_error("username", "This user name was just taken. Choose another.")
+            else:
+                login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+                messages.success(request, f"Welcome to Gateway Manager, {user.get_username()}.")
+                return redirect("home")
+    else:
+        form = AcceptInvitationForm(
+            invitation,
+            initial={
+                "name": invitation.name,
+                "username": invitations.suggest_username(invitation.email),
+            },
+        )
+    return render(request, "invitations/accept.html", {"form": form, "invitation": invitation})
+
+
+def _unusable(request: HttpRequest, invitation: Invitation | None) -> HttpResponse:
+    """410 Gone, saying what happened to the invitation and whom to ask."""
+    return render(
+        request,
+        "invitations/unusable.html",
+        {"invitation": invitation, "status": invitation.status if invitation else "unknown"},
+        status=410,
+    )
