@@ -3,6 +3,8 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import Permission, User
 
+from tests.workers import workers  # noqa: F401  (a fixture: real task worker processes)
+
 
 def make_user(username: str, *perms: str, superuser: bool = False) -> User:
     if superuser:

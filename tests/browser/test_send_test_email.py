@@ -9,12 +9,11 @@ from smtpsettings import store
 from smtpsettings.certificates import parse_pem_bundle
 from tests.browser.conftest import sign_in, snapshot
 from tests.smtpservers import require_test_host, self_signed, smtp_server
-from tests.test_outbox_workers import workers  # noqa: F401  (a fixture: real worker processes)
 
 pytestmark = pytest.mark.browser
 
 
-def test_test_email_and_trust_this_certificate(page, workers):  # noqa: F811
+def test_test_email_and_trust_this_certificate(page, workers):
     require_test_host()
     workers()  # the test e-mail is sent by a worker, never by the web request
     User.objects.create_superuser("root", "root@example.com", "correct horse battery")
