@@ -374,8 +374,9 @@ def test_the_invite_command_invites_with_groups_and_expiry(capsys):
         "invite", "bob@example.com", "Carol <carol@example.com>", "--group", "Operators",
         "--expires-days", "2",
     )  # fmt: skip
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "invited    bob@example.com" in out and "2 invitation e-mail(s) queued" in out
+    assert "No SMTP server is configured: the e-mails wait in the outbox" in err
     carol = Invitation.objects.get(email="carol@example.com")
     assert carol.name == "Carol" and [g.name for g in carol.groups.all()] == ["Operators"]
     assert carol.expires_at - carol.sent_at == datetime.timedelta(days=2)

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from gatewaymgr import invitations
 from gatewaymgr.addresses import parse_entries
+from smtpsettings import store
 
 
 class Command(BaseCommand):
@@ -80,6 +81,11 @@ class Command(BaseCommand):
         sent = len(report.invited) + len(report.reinvited)
         if sent:
             self.stdout.write(f"{sent} invitation e-mail(s) queued in the outbox.")
+            if not store.load().host:
+                self.stderr.write(
+                    "No SMTP server is configured: the e-mails wait in the outbox until one is "
+                    "(Settings -> SMTP, or manage.py smtp_settings set --host ...)."
+                )
         if problems or report.refused:
             raise CommandError(
                 f"{len(problems) + len(report.refused)} address(es) not invited; see above."
