@@ -100,6 +100,12 @@ class AcceptInvitationForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
+        User = get_user_model()
+        if User.objects.filter(email__iexact=self.invitation.email).exists():
+            raise forms.ValidationError(
+                f"An account for {self.invitation.email} exists already: sign in with it, or "
+                f"ask {self.invitation.inviter} if you forgot its password."
+            )
         first, second = data.get("password1"), data.get("password2")
         if first and second and first != second:
             self.add_error("password2", "The two passwords differ. Type the same one twice.")
