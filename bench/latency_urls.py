@@ -1,8 +1,11 @@
-"""A bench-only view that sends one invitation-sized e-mail, like inviting a user does."""
+"""A bench-only view that sends one invitation-sized e-mail, or invites for real."""
 
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.http import HttpRequest, HttpResponse
-from django.urls import path
+from django.urls import include, path
+
+from gatewaymgr import invitations
+from gatewaymgr.addresses import Invitee
 
 BACKENDS = {
     "outbox": "notifications.backends.OutboxBackend",
@@ -15,6 +18,9 @@ TEXT = ("You have been invited to join Gateway Manager. Follow the link to set a
 
 def invite(request: HttpRequest) -> HttpResponse:
     backend = request.GET.get("backend", "outbox")
+    if backend == "product":  # the real thing: invitation row, token, e-mail in the outbox
+        invitations.invite([Invitee(request.GET["to"])])
+        return HttpResponse("invited\n")
     options = {}
     if backend == "stock":  # Django's synchronous backend, as configured in settings
         options = {"host": request.GET["host"], "port": int(request.GET["port"]), "timeout": 2}
@@ -30,4 +36,4 @@ def invite(request: HttpRequest) -> HttpResponse:
     return HttpResponse("invited\n")
 
 
-urlpatterns = [path("invite/", invite)]
+urlpatterns = [path("invite/", invite), path("", include("gatewaymgr.urls"))]
