@@ -10,5 +10,8 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("settings/smtp/", include("smtpsettings.urls")),
     path("outbox/", include("notifications.urls")),
+    path("integrations/", include("notifications.integration_urls")),
+    path("events/", include("notifications.event_urls")),
+    path("api/v1/", include("notifications.api_urls")),
     path("admin/", admin.site.urls),
 ]
