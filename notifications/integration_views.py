@@ -47,7 +47,9 @@ def integration_list(request: HttpRequest) -> HttpResponse:
 @permission_required(ADD, raise_exception=True)
 @require_http_methods(["GET", "POST"])
 def integration_create(request: HttpRequest) -> HttpResponse:
-    form = IntegrationForm(request.POST or None, initial={"enabled": True})
+    form = IntegrationForm(
+        request.POST if request.method == "POST" else None, initial={"enabled": True}
+    )
     if request.method == "POST" and form.is_valid():
         integration = form.save()
         messages.success(request, f"Integration {integration.name} created.")
@@ -152,7 +154,7 @@ def last_test(integration: Integration) -> Dispatch | None:
 @require_http_methods(["GET", "POST"])
 @never_cache  # the new token is in the response
 def token_page(request: HttpRequest) -> HttpResponse:
-    form = TokenForm(request.POST or None)
+    form = TokenForm(request.POST if request.method == "POST" else None)
     secret = None
     created = None
     if request.method == "POST" and form.is_valid():
