@@ -222,7 +222,10 @@ def event_detail(request: HttpRequest, pk: int) -> HttpResponse:
         {
             "event": event,
             "spec": spec,
-            "fields": [(f, event.payload.get(f.name)) for f in spec.fields] if spec else [],
+            # In catalog order; a type no longer in the catalog shows its payload as stored.
+            "fields": [(f.name, event.payload.get(f.name)) for f in spec.fields]
+            if spec
+            else sorted(event.payload.items()),
             "dispatches": event.dispatches.select_related("integration", "email"),
             "can_view_outbox": request.user.has_perm("notifications.view_outboundemail"),
         },

@@ -31,31 +31,33 @@ def ops() -> Integration:
     )
 
 
-def urls(pk: int) -> list[str]:
+def urls(integration: int, event: int) -> list[str]:
     return [
         "/integrations/",
         "/integrations/new/",
-        f"/integrations/{pk}/",
-        f"/integrations/{pk}/test/status/",
+        f"/integrations/{integration}/",
+        f"/integrations/{integration}/test/status/",
         "/integrations/tokens/",
         "/events/",
-        f"/events/{pk}/",
+        f"/events/{event}/",
     ]
 
 
 def test_every_page_needs_sign_in_and_permission(client):
     integration = ops()
     event = notifications.trigger("api.deployed", {"api": "a", "version": "1", "gateway": "g"})
-    assert integration.pk == event.pk == 1
-    for url in urls(1):
+    pages = urls(integration.pk, event.pk)
+    for url in pages:
         response = client.get(url)
         assert response.status_code == 302 and response["Location"].startswith("/login/"), url
     client.force_login(make_user("nobody"))
-    for url in urls(1):
+    for url in pages:
         assert client.get(url).status_code == 403, url
-    for url in ["/integrations/1/", "/integrations/1/enabled/", "/integrations/1/test/"]:
+    i = integration.pk
+    for url in [f"/integrations/{i}/", f"/integrations/{i}/enabled/", f"/integrations/{i}/test/"]:
         assert client.post(url).status_code == 403, url
     assert client.post("/integrations/tokens/1/revoke/").status_code == 403
+    assert Integration.objects.get().enabled and not Event.objects.filter(source="test")
 
 
 def test_a_viewer_sees_integrations_but_cannot_change_them(client):
@@ -270,4 +272,10 @@ def test_events_page_lists_events_and_the_detail_shows_payload_integrations_and_
     email = OutboundEmail.objects.get()
     assert f'href="/outbox/{email.pk}/"' in detail and "Queued" in detail
     assert "not given" in detail  # environment, optional
-    assert admin_client.get("/events/999/").status_code == 404
+    assert admin_client.get(f"/events/{event.pk + 100_000}/").status_code == 404
+
+
+def test_an_event_of_a_type_no_longer_in_the_catalog_still_shows_its_payload(admin_client):
+    event = Event.objects.create(type="legacy.thing", payload={"note": "<b>old</b>"}, source="api")
+    page = admin_client.get(f"/events/{event.pk}/").content.decode()
+    assert "legacy.thing" in page and "<dt>note</dt><dd>&lt;b&gt;old&lt;/b&gt;</dd>" in page
