@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 
 from django import forms
 from django.core.exceptions import ValidationError
@@ -31,6 +32,10 @@ def split_recipients(text: str) -> tuple[list[str], list[str]]:
         else:
             valid.setdefault(entry.lower(), entry)
     return list(valid.values()), invalid
+
+
+def _nonce() -> str:
+    return secrets.token_urlsafe(16)
 
 
 def event_choices() -> list[tuple[str, str]]:
@@ -105,3 +110,5 @@ class TokenForm(forms.Form):
         max_length=100,
         help_text="What uses it, e.g. CI pipeline. Shown in the list and on every event it sends.",
     )
+    # One value per rendered form, so that sending the same form twice creates one token.
+    nonce = forms.CharField(max_length=32, widget=forms.HiddenInput, initial=_nonce)

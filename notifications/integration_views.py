@@ -158,8 +158,17 @@ def token_page(request: HttpRequest) -> HttpResponse:
     secret = None
     created = None
     if request.method == "POST" and form.is_valid():
+        if ApiToken.objects.filter(nonce=form.cleaned_data["nonce"]).exists():
+            messages.info(
+                request,
+                "This form already created its token, whose secret was shown once. "
+                "If it was not copied, revoke it and create another.",
+            )
+            return redirect("integrations:tokens")
         # Shown in this response only: it is stored as a hash, never in a session or a cookie.
-        created, secret = tokens.create(form.cleaned_data["name"], request.user)
+        created, secret = tokens.create(
+            form.cleaned_data["name"], request.user, form.cleaned_data["nonce"]
+        )
         form = TokenForm()
     return render(
         request,

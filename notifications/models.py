@@ -159,6 +159,9 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # The creating form's one-time value: submitting that form again (a reload) makes no
+    # second token.
+    nonce = models.CharField(max_length=32, blank=True, db_index=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -23,11 +23,15 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create(name: str, created_by: AbstractBaseUser | None) -> tuple[ApiToken, str]:
+def create(name: str, created_by: AbstractBaseUser | None, nonce: str = "") -> tuple[ApiToken, str]:
     """A new token and its secret, which is never stored and can only be shown now."""
     secret = PREFIX + secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
-        name=name, prefix=secret[:SHOWN], hash=digest(secret), created_by=created_by
+        name=name,
+        prefix=secret[:SHOWN],
+        hash=digest(secret),
+        created_by=created_by,
+        nonce=nonce,
     )
     return token, secret
 

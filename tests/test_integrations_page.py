@@ -170,7 +170,7 @@ def test_forms_need_a_csrf_token(admin_user):
     client.force_login(admin_user)
     assert client.post("/integrations/new/", VALID).status_code == 403
     assert client.post(f"/integrations/{integration.pk}/test/").status_code == 403
-    assert client.post("/integrations/tokens/", {"name": "x"}).status_code == 403
+    assert client.post("/integrations/tokens/", {"name": "x", "nonce": "n"}).status_code == 403
 
 
 def test_send_test_notification_goes_through_the_outbox_and_shows_its_status(admin_client):
@@ -220,7 +220,9 @@ def test_a_failed_test_notification_shows_the_reason(admin_client, settings):
 
 
 def test_tokens_are_shown_once_and_stored_hashed(admin_client):
-    response = admin_client.post("/integrations/tokens/", {"name": "CI pipeline"})
+    form = admin_client.get("/integrations/tokens/").content.decode()
+    nonce = form.split('name="nonce" value="')[1].split('"')[0]
+    response = admin_client.post("/integrations/tokens/", {"name": "CI pipeline", "nonce": nonce})
     assert response.status_code == 200
     assert "no-store" in response["Cache-Control"]
     page = response.content.decode()
@@ -234,6 +236,12 @@ def test_tokens_are_shown_once_and_stored_hashed(admin_client):
     assert (
         "This field is required." in admin_client.post("/integrations/tokens/", {}).content.decode()
     )
+    # The same form sent again (a reload) makes no second token and shows no secret.
+    again = admin_client.post(
+        "/integrations/tokens/", {"name": "CI pipeline", "nonce": nonce}, follow=True
+    ).content.decode()
+    assert "already created its token" in again and secret not in again
+    assert ApiToken.objects.count() == 1
 
     api = Client()
     body = {"type": "api.retired", "payload": {"api": "legacy"}}

@@ -1,5 +1,6 @@
 """An administrator creates an e-mail notification integration, sends a test notification and
-sees it delivered, on the integration's page and on the Outbox page."""
+sees it delivered, on the integration's page, the Outbox and the Events page; then creates
+an API token."""
 
 import pytest
 from django.contrib.auth.models import User
@@ -58,6 +59,22 @@ def test_create_an_integration_and_send_a_test_notification(page):
 
         page.click("nav >> text=Events")
         expect(page.locator("#events tbody tr").first).to_contain_text("integration.test")
+        page.locator("#events tbody tr").first.locator("a").click()
+        expect(page.locator("#dispatches")).to_contain_text("Platform team")
+        expect(page.locator("#dispatches .badge")).to_have_text("Sent")
+        snapshot(page, "event-detail")
+
+        page.click("nav >> text=Integrations")
+        page.click("text=API tokens")
+        page.fill("#id_name", "CI pipeline")
+        page.click("button:has-text('Create token')")
+        expect(page.locator("#token-secret")).to_contain_text("gm_")
+        snapshot(page, "api-token-created")
+        page.reload()  # sends the form again: no second token, and the secret is gone
+        expect(page.locator(".message")).to_contain_text("already created its token")
+        expect(page.locator("#token-secret")).to_have_count(0)
+        expect(page.locator("#tokens tbody tr")).to_have_count(1)
+        expect(page.locator("#tokens")).to_contain_text("CI pipeline")
     [received] = server.messages
     assert received.rcpt_tos == ["ops@example.com", "oncall@example.com"]
     assert Integration.objects.get().events == ["api.deployed"]
