@@ -199,6 +199,13 @@ CATALOG: dict[str, EventType] = {
 TEST_EVENT = "integration.test"
 
 
+def labels(event_types: list[str]) -> list[str]:
+    """The labels of `event_types`, in catalog order; a type the catalog no longer has by
+    its name."""
+    known = [e.label for e in CATALOG.values() if e.type in event_types]
+    return known + [t for t in event_types if t not in CATALOG]
+
+
 def public_types() -> list[EventType]:
     """The event types integrations subscribe to and the API and command accept."""
     return [e for e in CATALOG.values() if not e.internal]

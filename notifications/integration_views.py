@@ -14,7 +14,7 @@ from django.views.decorators.clickjacking import xframe_options_sameorigin
 from django.views.decorators.http import require_http_methods, require_POST
 
 from . import tokens
-from .events import CATALOG
+from .events import CATALOG, labels
 from .forms import IntegrationForm, TokenForm
 from .models import ApiToken, Dispatch, Event, EventSource, Integration, Status
 from .triggering import send_test
@@ -34,8 +34,10 @@ def integration_list(request: HttpRequest) -> HttpResponse:
         request,
         "notifications/integrations.html",
         {
-            "integrations": Integration.objects.all(),
-            "labels": {e.type: e.label for e in CATALOG.values()},
+            "rows": [
+                (i, "All events" if i.all_events else ", ".join(labels(i.events)))
+                for i in Integration.objects.all()
+            ],
             "can_add": request.user.has_perm(ADD),
             "can_change": request.user.has_perm(CHANGE),
             "can_manage_tokens": request.user.has_perm(MANAGE_TOKENS),
@@ -99,8 +101,6 @@ def integration_toggle(request: HttpRequest, pk: int) -> HttpResponse:
     integration.save(update_fields=["enabled", "updated_at"])
     state = "enabled" if integration.enabled else "disabled: it gets no notifications"
     messages.success(request, f"Integration {integration.name} is {state}.")
-    if request.POST.get("next") == "edit":
-        return redirect("integrations:edit", pk=pk)
     return redirect("integrations:list")
 
 

@@ -10,6 +10,7 @@ from notifications.events import (
     STRING,
     STRINGS,
     InvalidEvent,
+    labels,
     payload_errors,
     public_types,
     type_errors,
@@ -194,3 +195,11 @@ def test_bearer_header_parsing_and_hashing():
     assert bearer("") is None
     assert digest("gm_abc") == digest("gm_abc") != digest("gm_abd")
     assert len(digest("gm_abc")) == 64
+
+
+def test_labels_follow_the_catalog_order_and_keep_unknown_types_by_name():
+    assert labels(["user.joined", "api.deployed", "gone.away"]) == [
+        "API deployed",
+        "User joined",
+        "gone.away",
+    ]

@@ -159,6 +159,7 @@ def test_enable_and_disable(admin_client):
     assert not integration.enabled
     page = admin_client.get("/integrations/").content.decode()
     assert "Disabled" in page and "gets no notifications" in page
+    assert "<td>API deployed</td>" in page
     admin_client.post(f"/integrations/{integration.pk}/enabled/", {"enabled": "on"})
     integration.refresh_from_db()
     assert integration.enabled
