@@ -27,6 +27,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
+import notifications
 from notifications.backends import OutboxBackend
 from notifications.models import Category, OutboundEmail, Status
 
@@ -321,7 +322,26 @@ def delivery_of(invitations: Sequence[Invitation]) -> dict[int, OutboundEmail]:
 
 def announce_invited(invitation: Invitation) -> None:
     """The one place that tells the rest of the product an address was invited."""
+    notifications.trigger(
+        "user.invited",
+        {
+            "email": invitation.email,
+            "invited_by": invitation.invited_by_name or "the command line",
+            "expires_at": invitation.expires_at.isoformat(),
+        },
+        actor=invitation.invited_by_name,
+    )
 
 
 def announce_joined(invitation: Invitation, user: AbstractBaseUser) -> None:
     """The one place that tells the rest of the product an invitee joined."""
+    notifications.trigger(
+        "user.joined",
+        {
+            "username": user.get_username(),
+            "email": invitation.email,
+            "name": user.get_full_name(),
+            "invited_by": invitation.invited_by_name,
+        },
+        actor=user,
+    )

@@ -17,5 +17,8 @@ urlpatterns = [
         name="invitation_action",
     ),
     path("invite/<str:token>/", views.accept_invitation, name="accept_invitation"),
+    path("integrations/", include("notifications.integration_urls")),
+    path("events/", include("notifications.event_urls")),
+    path("api/v1/", include("notifications.api_urls")),
     path("admin/", admin.site.urls),
 ]

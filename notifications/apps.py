@@ -9,6 +9,7 @@ class NotificationsConfig(AppConfig):
     def ready(self) -> None:
         from smtpsettings.signals import settings_saved
 
-        from .receivers import retry_with_new_settings
+        from .receivers import notify_settings_changed, retry_with_new_settings
 
         settings_saved.connect(retry_with_new_settings, dispatch_uid="outbox-retry-soon")
+        settings_saved.connect(notify_settings_changed, dispatch_uid="event-settings-changed")

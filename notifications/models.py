@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
@@ -78,3 +79,98 @@ class DeliveryAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.outcome} at {self.step}: {self.reply}"
+
+
+class Integration(models.Model):
+    """An e-mail notification integration: who gets mail about which events."""
+
+    name = models.CharField(max_length=100, unique=True)
+    recipients = models.JSONField(default=list)  # ["ops@example.com", ...], validated, unique
+    all_events = models.BooleanField(default=False)
+    events = models.JSONField(default=list, blank=True)  # event types, see notifications.events
+    subject_prefix = models.CharField(max_length=50, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def wants(self, event_type: str) -> bool:
+        return self.all_events or event_type in self.events
+
+
+class EventSource(models.TextChoices):
+    PRODUCT = "product", "Product"
+    API = "api", "HTTP API"
+    COMMAND = "command", "Command"
+    TEST = "test", "Test notification"
+
+
+class Event(models.Model):
+    """One event as it came in, and what it caused (see its dispatches)."""
+
+    type = models.CharField(max_length=64, db_index=True)
+    payload = models.JSONField(default=dict)
+    source = models.CharField(max_length=10, choices=EventSource.choices)
+    actor = models.CharField(max_length=150, blank=True)  # user name or API token, as text
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"event {self.pk} ({self.type})"
+
+
+class Dispatch(models.Model):
+    """An integration an event matched, and the outbox message queued for it."""
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="dispatches")
+    # Kept (as a name) when the integration or the message is deleted later.
+    integration = models.ForeignKey(
+        Integration, null=True, on_delete=models.SET_NULL, related_name="dispatches"
+    )
+    integration_name = models.CharField(max_length=100)
+    email = models.ForeignKey(
+        OutboundEmail, null=True, on_delete=models.SET_NULL, related_name="dispatches"
+    )
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.event} to {self.integration_name}"
+
+
+class ApiToken(models.Model):
+    """A bearer token for POST /api/v1/events. Only its SHA-256 is stored: the token itself
+    is shown once, when it is created."""
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16)  # the first characters, to recognise it by
+    hash = models.CharField(max_length=64, unique=True)  # sha256 hex of the whole token
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    # The creating form's one-time value: submitting that form again (a reload) makes no
+    # second token.
+    nonce = models.CharField(max_length=32, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        default_permissions = ()
+        permissions = [("manage_apitoken", "Can create and revoke API tokens")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None

@@ -103,7 +103,13 @@ def save(
             source=source,
             changes=result.changes,
         )
-        settings_saved.send(sender=SmtpSettings, settings=settings, changes=result.changes)
+        settings_saved.send(
+            sender=SmtpSettings,
+            settings=settings,
+            changes=result.changes,
+            actor_name=actor_name,
+            source=source,
+        )
     return result
 
 

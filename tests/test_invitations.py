@@ -308,7 +308,7 @@ def test_bad_input_on_the_accept_page_is_reported_at_its_field(client, data, fie
 
 @pytest.mark.django_db
 def test_an_account_made_for_the_address_meanwhile_is_not_duplicated(client):
-    invitation, token = invite_one()
+    _invitation, token = invite_one()
     User.objects.create_user("robert", "BOB@example.com")  # made in the admin meanwhile
     response = client.post(f"/invite/{token}/", accept_data())
     assert "An account for bob@example.com exists already: sign in" in response.content.decode()
