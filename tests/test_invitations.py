@@ -20,7 +20,7 @@ from gatewaymgr import invitations
 from gatewaymgr.addresses import parse_invitee
 from gatewaymgr.models import Invitation
 from notifications.delivery import Courier
-from notifications.models import OutboundEmail, Status
+from notifications.models import Event, Integration, OutboundEmail, Status
 from tests.conftest import make_user
 from tests.outbox import point_settings_at
 from tests.smtpservers import Recorder, require_test_host, smtp_server
@@ -419,3 +419,46 @@ def test_the_invite_command_refuses_bad_options_before_inviting(args, message):
     with pytest.raises(CommandError, match=message):
         call_command("invite", "bob@example.com", *args)
     assert Invitation.objects.count() == 0
+
+
+# --- Events: invitations tell the integrations -------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_inviting_and_joining_fire_user_invited_and_user_joined_to_integrations():
+    require_test_host()
+    alice = make_user("alice", superuser=True)
+    Integration.objects.create(
+        name="People", recipients=["hr@example.com"], events=["user.invited", "user.joined"]
+    )
+    with smtp_server() as server:
+        point_settings_at(server.host, server.port)
+        invitation, token = invite_one("bob@example.com", inviter=alice)
+        invitations.accept(token, name="Bob Builder", username="bob", password=STRONG)
+        Courier().drain()
+    invited, joined = Event.objects.order_by("id")
+    assert invited.type == "user.invited" and invited.source == "product"
+    assert invited.payload == {
+        "email": "bob@example.com",
+        "invited_by": "alice",
+        "expires_at": invitation.expires_at.isoformat(),
+    }
+    assert joined.type == "user.joined"
+    assert joined.payload == {
+        "username": "bob",
+        "email": "bob@example.com",
+        "name": "Bob Builder",
+        "invited_by": "alice",
+    }
+    to_hr = [m for m in server.messages if m.rcpt_tos == ["hr@example.com"]]
+    subjects = sorted(m.message["Subject"] for m in to_hr)
+    assert subjects == ["alice invited bob@example.com", "bob joined Gateway Manager"]
+    assert token not in str([m.data for m in to_hr])  # the link goes to the invitee only
+
+
+@pytest.mark.django_db
+def test_a_failed_accept_fires_nothing(client):
+    Integration.objects.create(name="People", recipients=["hr@example.com"], all_events=True)
+    _, token = invite_one()
+    client.post(f"/invite/{token}/", accept_data(password2="different-password-99"))
+    assert list(Event.objects.values_list("type", flat=True)) == ["user.invited"]
