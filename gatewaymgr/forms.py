@@ -8,8 +8,10 @@ from django import forms
 from django.contrib.auth import get_user_model, password_validation
 from django.contrib.auth.models import Group
 
+from notifications.emails import header_safe
+
 from .addresses import Invitee, Problem, parse_invitees
-from .invitations import DEFAULT_VALID_DAYS, MAX_VALID_DAYS, one_line
+from .invitations import DEFAULT_VALID_DAYS, MAX_VALID_DAYS
 from .models import Invitation
 
 
@@ -84,7 +86,7 @@ class AcceptInvitationForm(forms.Form):
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"]
-        if one_line(name) != name.strip():
+        if header_safe(name) != name.strip():
             raise forms.ValidationError(
                 "The name cannot contain line breaks or control characters."
             )

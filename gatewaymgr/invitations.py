@@ -29,6 +29,7 @@ from django.utils import timezone
 
 import notifications
 from notifications.backends import OutboxBackend
+from notifications.emails import header_safe
 from notifications.models import Category, OutboundEmail, Status
 
 from .addresses import Invitee
@@ -36,7 +37,6 @@ from .models import Invitation, InvitationStatus
 
 DEFAULT_VALID_DAYS = 7
 MAX_VALID_DAYS = 365
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 _USERNAME_UNSAFE = re.compile(r"[^\w.@+-]")
 
 
@@ -65,15 +65,10 @@ def accept_url(token: str) -> str:
     return settings.PUBLIC_URL + reverse("accept_invitation", args=[token])
 
 
-def one_line(text: str) -> str:
-    """Text for a header or a single line: control characters (CR, LF, ...) become spaces."""
-    return " ".join(_CONTROL.sub(" ", text).split())
-
-
 def actor_name(user: AbstractBaseUser | None) -> str:
     if user is None or not user.is_authenticated:
         return ""
-    return one_line(user.get_full_name() or user.get_username())[:150]
+    return header_safe(user.get_full_name() or user.get_username())[:150]
 
 
 @dataclass
@@ -170,12 +165,12 @@ def _open_invitation(
 def invitation_email(invitation: Invitation, token: str) -> EmailMultiAlternatives:
     context = {
         "invitation": invitation,
-        "inviter": one_line(invitation.inviter),
+        "inviter": header_safe(invitation.inviter),
         "url": accept_url(token),
         "expires_at": invitation.expires_at,
         "time_zone": settings.TIME_ZONE,
     }
-    inviter = one_line(invitation.invited_by_name) or "An administrator"
+    inviter = header_safe(invitation.invited_by_name) or "An administrator"
     message = EmailMultiAlternatives(
         subject=f"{inviter} invited you to Gateway Manager",
         body=render_to_string("invitations/email.txt", context),
