@@ -28,6 +28,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 import notifications
+from notifications import outbox
 from notifications.backends import OutboxBackend
 from notifications.emails import header_safe
 from notifications.models import Category, OutboundEmail, Status
@@ -182,7 +183,7 @@ def invitation_email(invitation: Invitation, token: str) -> EmailMultiAlternativ
     return message
 
 
-def resend(invitation: Invitation, actor: AbstractBaseUser | None) -> bool:
+def resend(invitation: Invitation) -> bool:
     """A new link with a fresh expiry for an open invitation; the old link stops working."""
     if invitation.status not in (InvitationStatus.PENDING, InvitationStatus.EXPIRED):
         return False
@@ -220,7 +221,7 @@ def _cancel_waiting_email(invitation: Invitation) -> None:
     OutboundEmail.objects.filter(
         cause_type=ContentType.objects.get_for_model(Invitation),
         cause_id=str(invitation.pk),
-        status=Status.QUEUED,
+        status__in=outbox.CANCELLABLE,
     ).update(status=Status.CANCELLED)
 
 

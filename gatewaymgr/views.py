@@ -84,18 +84,20 @@ def _report_invite(request: HttpRequest, report: invitations.InviteReport) -> No
     if report.invited:
         messages.success(
             request,
-            f"Invited {len(report.invited)}: {', '.join(i.email for i in report.invited[:10])}"
-            + (" …" if len(report.invited) > 10 else "")
-            + ". The e-mails are in the outbox.",
+            f"Invited {_listed(report.invited)}. The e-mails are in the outbox.",
         )
     if report.reinvited:
         messages.success(
             request,
-            f"Sent a new link to {len(report.reinvited)} already invited: "
-            f"{', '.join(i.email for i in report.reinvited[:10])}"
-            + (" …" if len(report.reinvited) > 10 else "")
-            + ". Their earlier links no longer work.",
+            f"Sent a new link to {_listed(report.reinvited)}, already invited. "
+            "Their earlier links no longer work.",
         )
+
+
+def _listed(rows: list[Invitation], shown: int = 10) -> str:
+    """ "3: a@x, b@x, c@x", the addresses cut after `shown`."""
+    more = " …" if len(rows) > shown else ""
+    return f"{len(rows)}: {', '.join(i.email for i in rows[:shown])}{more}"
 
 
 @login_required
@@ -105,7 +107,7 @@ def invitation_action(request: HttpRequest, pk: int, action: str) -> HttpRespons
     if action == "resend":
         if not request.user.has_perm(INVITE):
             raise PermissionDenied
-        if invitations.resend(invitation, request.user):
+        if invitations.resend(invitation):
             messages.success(
                 request,
                 f"Sent a new link to {invitation.email}, valid for {invitation.valid_days} "

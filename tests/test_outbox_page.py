@@ -136,3 +136,11 @@ def test_purge_deletes_only_sent_mail_past_retention():
     assert OutboundEmail.objects.count() == 2
     call_command("purge_outbox", "--days", "0", stdout=out)
     assert list(OutboundEmail.objects.values_list("status", flat=True)) == [Status.QUEUED]
+
+
+def test_the_pager_keeps_the_filters(admin_client):
+    point_settings_at(TEST_HOST, 2525)
+    queue(60)
+    page = admin_client.get("/outbox/?status=queued&q=bob%40example.com").content.decode()
+    assert "Page 1 of 2" in page
+    assert 'href="?page=2&amp;status=queued&amp;q=bob%40example.com">Older →' in page
