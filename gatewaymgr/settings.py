@@ -6,6 +6,7 @@ secret key generated on first run and kept in `var/secret_key`.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,6 +34,20 @@ if _public.hostname and _public.hostname not in ALLOWED_HOSTS:
 CSRF_TRUSTED_ORIGINS = [f"{_public.scheme}://{_public.netloc}"]
 if _public.scheme == "https":
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    # Browsers that reached the console over https keep to https for a year. The header is sent
+    # whether or not a TLS-terminating proxy tells Django the scheme (gatewaymgr.security);
+    # browsers ignore it on plain http. No includeSubDomains: other hosts may share the domain.
+    SECURE_HSTS_SECONDS = 365 * 24 * 3600
+# Pages load scripts, styles, frames and images from this origin only, and no inline script or
+# style runs; the SMTP page's test result is a same-origin frame.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "frame-src 'self'; frame-ancestors 'self'; form-action 'self'; base-uri 'none'; "
+    "object-src 'none'"
+)
+# Reverse proxies in front of gunicorn that append the client's address to X-Forwarded-For;
+# 0 when gunicorn faces the clients (scripts/run). Sign-in throttling counts per that address.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 
 INSTALLED_APPS = [
     "gatewaymgr",
@@ -46,10 +61,12 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_tasks",
     "django_tasks_db",
+    "axes",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "gatewaymgr.security.SecurityHeadersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -57,6 +74,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks: turns a lockout into its page
 ]
 
 ROOT_URLCONF = "gatewaymgr.urls"
@@ -115,6 +133,37 @@ elif TASKS_BACKEND == "rq":
     TASKS = {"default": {"BACKEND": "django_tasks_rq.RQBackend"}}
 else:
     raise ImproperlyConfigured(f"TASKS_BACKEND must be db or rq, not {TASKS_BACKEND!r}.")
+
+# One cache for every process and machine, in the database (manage.py createcachetable).
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+        "LOCATION": "gatewaymgr_cache",
+    }
+}
+
+# Sign-in throttling (django-axes, gatewaymgr/signin.py). Failed sign-ins are counted in the
+# database over AXES_COOLOFF_TIME; each rule locks what it names once it reaches its limit, until
+# AXES_COOLOFF_TIME after its last counted failure. Meanwhile even the right password is refused.
+# `manage.py axes_reset` lifts every lock (axes_reset_username / axes_reset_ip for one).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # refuses a locked-out sign-in before the password
+    "django.contrib.auth.backends.ModelBackend",
+]
+SIGN_IN_LOCKOUT_RULES = [
+    (["username", "ip_address"], 5),  # one user name from one address
+    (["ip_address"], 20),  # one address trying any user names
+    (["username"], 50),  # one user name from many addresses
+]
+AXES_LOCKOUT_PARAMETERS = [parameters for parameters, _ in SIGN_IN_LOCKOUT_RULES]
+AXES_FAILURE_LIMIT = SIGN_IN_LOCKOUT_RULES[0][1]  # the scale gatewaymgr.signin maps rules onto
+AXES_COOLOFF_TIME = timedelta(minutes=15)
+AXES_HANDLER = "gatewaymgr.signin.LockoutHandler"
+AXES_LOCKOUT_CALLABLE = "gatewaymgr.signin.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "gatewaymgr.signin.request_address"
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False  # a lock ends when the page says it does
+AXES_DISABLE_ACCESS_LOG = True  # no row per successful sign-in, which nothing would purge
+AXES_VERBOSE = False
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
