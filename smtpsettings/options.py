@@ -14,10 +14,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from gatewaymgr.untrusted import UnsafeJson, load_json
+
 from .hostnames import InvalidHost, normalize_host, parse_ip
 
 # The options object needs a few hundred characters; anything far larger is a wrong paste.
 MAX_OPTIONS_CHARS = 10_000
+# A flat object: deeper nesting is never valid, and past a few levels it is an attack on the
+# parser (Python's json recurses), so it is refused before parsing.
+MAX_OPTIONS_DEPTH = 5
+
+# Sane ranges for the numeric options: (lowest, highest, unit). Each default lies inside.
+BOUNDS: dict[str, tuple[int, int, str]] = {
+    "restart_threshold": (0, 100_000, "messages"),
+    "restart_threshold_sleep": (0, 600, "seconds"),
+    "ping_threshold": (0, 86_400, "seconds"),
+    "timeout": (1, 600, "seconds"),
+    "max_per_second": (0, 10_000, "messages per second"),
+}
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -77,16 +91,21 @@ def _boolean(value: Any) -> bool:
     )
 
 
-def _number(value: Any, *, whole: bool = False, positive: bool = False) -> float:
+def _whole(value: Any, key: str) -> int:
+    low, high, unit = BOUNDS[key]
+    ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    if not ok:
+        raise _Invalid(
+            f"must be a whole number, {low} or more, at most {high} ({unit}), not {_show(value)}"
+        )
+    return value
+
+
+def _number(value: Any, key: str) -> float:
+    low, high, unit = BOUNDS[key]
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if whole:
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-        if not ok:
-            raise _Invalid(f"must be a whole number, 0 or more, not {_show(value)}")
-        return value
-    if not is_number or not math.isfinite(value) or value < 0 or (positive and value == 0):
-        bound = "greater than 0" if positive else "0 or more"
-        raise _Invalid(f"must be a number {bound}, not {_show(value)}")
+    if not (is_number and math.isfinite(value) and low <= value <= high):
+        raise _Invalid(f"must be a number from {low} to {high} ({unit}), not {_show(value)}")
     return value
 
 
@@ -130,17 +149,18 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "verify_peer": _boolean,
     "peer_fingerprint": _fingerprint,
     "local_domain": _local_domain,
-    "restart_threshold": lambda v: _number(v, whole=True),
-    "restart_threshold_sleep": _number,
-    "ping_threshold": _number,
-    "timeout": lambda v: _number(v, positive=True),
+    "restart_threshold": lambda v: _whole(v, "restart_threshold"),
+    "restart_threshold_sleep": lambda v: _number(v, "restart_threshold_sleep"),
+    "ping_threshold": lambda v: _number(v, "ping_threshold"),
+    "timeout": lambda v: _number(v, "timeout"),
     "source_ip": _source_ip,
-    "max_per_second": _number,
+    "max_per_second": lambda v: _number(v, "max_per_second"),
     "auto_tls": _boolean,
     "require_tls": _boolean,
 }
 OPTION_NAMES = tuple(f.name for f in fields(SmtpOptions))
 assert set(OPTION_NAMES) == set(_CONVERTERS)
+assert all(low <= getattr(SmtpOptions(), key) <= high for key, (low, high, _) in BOUNDS.items())
 
 
 def decode_options_json(text: str) -> dict[str, Any]:
@@ -156,7 +176,9 @@ def decode_options_json(text: str) -> dict[str, Any]:
     if not text.strip():
         return {}
     try:
-        value = json.loads(text)
+        value = load_json(text, max_depth=MAX_OPTIONS_DEPTH)
+    except UnsafeJson as error:
+        raise OptionsError([f"The options JSON {error}."]) from None
     except json.JSONDecodeError as error:
         raise OptionsError(
             [

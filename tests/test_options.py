@@ -114,10 +114,13 @@ def test_international_local_domain_is_sent_as_punycode_and_ip_stays_an_ip():
         ('{"restart_threshold": -1}', "restart_threshold must be a whole number, 0 or more"),
         ('{"restart_threshold": 2.5}', "restart_threshold must be a whole number"),
         ('{"restart_threshold": "100"}', "restart_threshold must be a whole number"),
-        ('{"restart_threshold_sleep": -0.1}', "restart_threshold_sleep must be a number 0 or more"),
-        ('{"ping_threshold": "soon"}', "ping_threshold must be a number 0 or more"),
-        ('{"timeout": 0}', "timeout must be a number greater than 0"),
-        ('{"max_per_second": true}', "max_per_second must be a number 0 or more"),
+        (
+            '{"restart_threshold_sleep": -0.1}',
+            "restart_threshold_sleep must be a number from 0 to 600",
+        ),
+        ('{"ping_threshold": "soon"}', "ping_threshold must be a number from 0 to 86400"),
+        ('{"timeout": 0}', "timeout must be a number from 1 to 600"),
+        ('{"max_per_second": true}', "max_per_second must be a number from 0 to 10000"),
         ('{"peer_fingerprint": "abc"}', "peer_fingerprint must be the certificate's SHA-256"),
         ('{"peer_fingerprint": "' + "z" * 64 + '"}', "64 hexadecimal digits"),
         ('{"source_ip": "my-laptop"}', "source_ip must be an IP address"),
@@ -144,3 +147,112 @@ def test_options_are_immutable():
     options = parse_options('{"timeout": 5}')
     with pytest.raises(AttributeError):
         options.timeout = 10
+
+
+# -- hostile input: nesting, huge numbers, values out of range (issue 10, hole 7) ------------
+
+
+def nested(depth: int) -> str:
+    return '{"timeout": ' + "[" * depth + "]" * depth + "}"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (nested(4_000), "The options JSON is nested 4,001 levels deep; at most 5 are allowed."),
+        (nested(5), "nested 6 levels deep"),
+        (
+            '{"timeout": ' + "9" * 5_000 + "}",
+            "The options JSON contains a number with 5,000 digits; at most 40",
+        ),
+        ('{"timeout": 1' + "0" * 3_000 + ".5}", "a number with 3,002 digits"),
+        ('{"timeout": NaN}', "The options JSON contains NaN, which is not a JSON number."),
+        ('{"timeout": Infinity}', "contains Infinity, which is not a JSON number"),
+    ],
+)
+def test_hostile_json_is_an_options_error_not_a_crash(raw, expected):
+    assert expected in errors_of(raw)
+
+
+@pytest.mark.parametrize(
+    ("key", "bad", "expected"),
+    [
+        ("timeout", 0, "timeout must be a number from 1 to 600 (seconds), not 0"),
+        ("timeout", 0.5, "timeout must be a number from 1 to 600"),
+        ("timeout", 601, "timeout must be a number from 1 to 600 (seconds), not 601"),
+        ("timeout", 1e308, "from 1 to 600"),
+        (
+            "restart_threshold",
+            100_001,
+            "restart_threshold must be a whole number, 0 or more, at most 100000",
+        ),
+        ("restart_threshold_sleep", 601, "restart_threshold_sleep must be a number from 0 to 600"),
+        ("ping_threshold", 86_401, "ping_threshold must be a number from 0 to 86400"),
+        ("max_per_second", 10_001, "max_per_second must be a number from 0 to 10000"),
+    ],
+)
+def test_numeric_options_are_bounded_and_the_error_says_the_range(key, bad, expected):
+    assert expected in errors_of({key: bad})
+
+
+@pytest.mark.parametrize(
+    ("key", "low", "high"),
+    [
+        ("timeout", 1, 600),
+        ("restart_threshold", 0, 100_000),
+        ("restart_threshold_sleep", 0, 600),
+        ("ping_threshold", 0, 86_400),
+        ("max_per_second", 0, 10_000),
+    ],
+)
+def test_the_bounds_themselves_are_valid(key, low, high):
+    assert getattr(parse_options({key: low}), key) == low
+    assert getattr(parse_options({key: high}), key) == high
+
+
+# Through the real settings page and the real command: a message at the field, never a 500.
+HOSTILE_OPTIONS = [
+    ('{"timeout": ' + "[" * 4_000 + "]" * 4_000 + "}", "nested 4,001 levels deep"),
+    ('{"timeout": ' + "9" * 5_000 + "}", "a number with 5,000 digits"),
+    ('{"timeout": 3600}', "timeout must be a number from 1 to 600"),
+]
+PAGE_FORM = {
+    "sender_email": "gateway@example.com",
+    "sender_name": "",
+    "host": "smtp.example.com",
+    "port": "587",
+    "encryption": "auto",
+    "username": "",
+    "password": "",
+    "trusted_certificate": "",
+}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("options", "expected"), HOSTILE_OPTIONS)
+def test_the_settings_page_shows_hostile_options_at_the_field(admin_client, options, expected):
+    from smtpsettings.models import SmtpSettings
+
+    response = admin_client.post("/settings/smtp/", {**PAGE_FORM, "options": options})
+    assert response.status_code == 200
+    errors = " ".join(response.context["form"].errors["options"])
+    assert expected in errors
+    assert 'id="field-options"' in response.content.decode()
+    assert not SmtpSettings.objects.filter(host="smtp.example.com").exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("options", "expected"), HOSTILE_OPTIONS)
+def test_the_command_reports_hostile_options_at_the_flag(options, expected):
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError) as caught:
+        call_command(
+            "smtp_settings",
+            "set",
+            "--sender=gateway@example.com",
+            "--host=smtp.example.com",
+            f"--options={options}",
+        )
+    assert "Nothing was saved." in str(caught.value)
+    assert "--options: " in str(caught.value) and expected in str(caught.value)
