@@ -120,9 +120,17 @@ class SmtpSettingsForm(forms.ModelForm):
             )
         return cleaned
 
+    def adopt_password(self, typed: str) -> bool:
+        """Save `typed` (a password held from a test of these values) unless this submission
+        enters or clears a password itself."""
+        if not typed or self.cleaned_data["password"] or self.cleaned_data["clear_password"]:
+            return False
+        self.cleaned_data["password"] = typed
+        return True
+
     def candidate(self) -> SmtpSettings:
         """The settings as the form has them, not saved: what "Send test e-mail" uses. The
-        stored password only comes along while server, port and user are unchanged."""
+        stored password only comes along while nothing it is bound to differs (see binding)."""
         record = self.instance
         if self.cleaned_data["password"]:
             record.seal_password(self.cleaned_data["password"])

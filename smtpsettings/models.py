@@ -7,7 +7,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from . import keyring
-from .options import SmtpOptions, parse_options
+from .binding import Binding, binding_of, seal_payload
+from .options import OptionsError, SmtpOptions, parse_options
 from .plan import ConnectionPlan, Encryption, SmtpConfig, plan
 
 HELP = {
@@ -40,14 +41,14 @@ class PasswordState(models.TextChoices):
     NOT_SET = "not set"
     SET = "set"
     UNREADABLE = "unreadable"  # no key decrypts it
-    OTHER_SERVER = "for another server"  # sealed for another host, port or user
+    OTHER_SERVER = "for other settings"  # sealed for another server or way of verifying it
 
 
 class WrongServerPassword(Exception):
     def __init__(self) -> None:
         super().__init__(
-            "The stored SMTP password was saved for another server, port or user. "
-            "Enter the password again."
+            "The stored SMTP password was saved for another server, port, user or way of "
+            "verifying the server, and goes only where it was meant to. Enter the password again."
         )
 
 
@@ -93,23 +94,44 @@ class SmtpSettings(models.Model):
     def __str__(self) -> str:
         return "SMTP settings"
 
-    @property
-    def server_binding(self) -> str:
-        """What a stored password is bound to: it is only ever sent to this server as this user."""
-        return f"{self.host}:{self.port}:{self.username}"
+    def binding(self) -> Binding | None:
+        """Where a password may go and how that server is verified; None while the settings
+        cannot make a plan (no server, or invalid options): then no password is revealed."""
+        try:
+            plan = self.connection_plan()
+        except OptionsError:
+            return None
+        return binding_of(plan) if plan else None
 
     def seal_password(self, password: str) -> None:
-        payload = {"server": self.server_binding, "password": password}
-        self.password_token = keyring.encrypt(json.dumps(payload))
+        binding = self.binding()
+        if binding is None:
+            raise ValueError("A password can only be sealed for settings that make a plan.")
+        self.password_token = keyring.encrypt(seal_payload(binding, password))
+
+    def _unseal(self) -> tuple[Binding | None, str]:
+        payload = json.loads(keyring.decrypt(self.password_token))
+        return Binding.decode(payload.get("binding")), payload["password"]
+
+    def sealed_binding(self) -> Binding | None:
+        """The binding the stored password was sealed for. Raises if unreadable."""
+        return self._unseal()[0] if self.password_token else None
 
     def reveal_password(self) -> str:
-        """The plain password, only for the moment of signing in. Raises if unreadable."""
+        """The plain password, only for the moment of signing in. Raises if unreadable or
+        sealed for a binding other than these settings' own."""
         if not self.password_token:
             return ""
-        payload = json.loads(keyring.decrypt(self.password_token))
-        if payload.get("server") != self.server_binding:
+        sealed, password = self._unseal()
+        if sealed is None or sealed != self.binding():
             raise WrongServerPassword()
-        return payload["password"]
+        return password
+
+    def reseal_password(self) -> None:
+        """Seal the stored password for these settings' binding; only after `loosened()`
+        found nothing weaker."""
+        _, password = self._unseal()
+        self.seal_password(password)
 
     @property
     def password_state(self) -> PasswordState:

@@ -62,7 +62,12 @@ class ConnectionPlan:
     def authenticates(self) -> bool:
         return bool(self.username)
 
-    def describe(self) -> str:
+    @property
+    def weak_pin(self) -> bool:
+        """MD5 and SHA-1 pins are accepted, as the help page's peers do, but can be forged."""
+        return self.peer_fingerprint is not None and self.peer_fingerprint.algorithm != "sha256"
+
+    def describe(self, *, password_missing: bool = False) -> str:
         """One sentence an administrator can check against what they meant."""
         where = display_host_port(self.host, self.port)
         if self.security is Security.SMTPS:
@@ -77,6 +82,8 @@ class ConnectionPlan:
             parts.append("does not sign in")
         elif self.refusal:
             parts.append(f"but will not sign in as {self.username} without encryption")
+        elif password_missing:
+            parts.append(f"signs in as {self.username}, but no password is stored")
         else:
             parts.append(f"signs in as {self.username}")
         return ", ".join(parts) + "."
@@ -90,6 +97,8 @@ class ConnectionPlan:
             text = "does not verify the server certificate (verify_peer is off)"
         if self.peer_fingerprint:
             text += f", requires the certificate fingerprint {self.peer_fingerprint}"
+            if self.weak_pin:
+                text += f" ({self.peer_fingerprint.algorithm.upper()} is weak: pin SHA-256)"
         return text
 
 

@@ -10,7 +10,9 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
+from .binding import loosened
 from .certificates import InvalidCertificate, parse_pem_bundle
+from .keyring import UndecryptablePassword
 from .models import SmtpSettings, SmtpSettingsChange
 from .signals import settings_saved
 
@@ -25,8 +27,6 @@ EDITABLE = {
     "options": "Options",
     "trusted_certificate": "Trusted certificate",
 }
-# A stored password is only ever sent to the server it was entered for.
-SERVER_FIELDS = ("host", "port", "username")
 
 
 def load() -> SmtpSettings:
@@ -42,7 +42,8 @@ def snapshot(settings: SmtpSettings) -> dict[str, Any]:
 @dataclass
 class SaveResult:
     changes: list[dict[str, str]] = field(default_factory=list)
-    password_dropped: bool = False  # the server changed and no new password was entered
+    # Why the stored password was dropped: what this save loosened, with no password entered.
+    password_dropped: list[str] = field(default_factory=list)
 
 
 def save(
@@ -74,7 +75,6 @@ def save(
         ]
     )
     had_password = bool(settings.password_token)
-    server_changed = any(before[name] != after[name] for name in SERVER_FIELDS)
     password_change = None
     if clear_password:
         if had_password:
@@ -83,10 +83,10 @@ def save(
     elif new_password:
         settings.seal_password(new_password)
         password_change = ("set", "replaced") if had_password else ("not set", "set")
-    elif server_changed and had_password:
-        settings.password_token = ""
-        result.password_dropped = True
-        password_change = ("set", "removed because the server changed")
+    elif had_password:
+        result.password_dropped = _rebind_password(settings)
+        if result.password_dropped:
+            password_change = ("set", "removed: " + "; ".join(result.password_dropped))
     if password_change:
         old, new = password_change
         result.changes.append({"field": "password", "label": "Password", "old": old, "new": new})
@@ -111,6 +111,36 @@ def save(
             source=source,
         )
     return result
+
+
+def _rebind_password(settings: SmtpSettings) -> list[str]:
+    """Keep the stored password only if the new settings loosen nothing it was bound to, and
+    seal it for them; otherwise drop it. Returns what was loosened."""
+    try:
+        sealed = settings.sealed_binding()
+    except UndecryptablePassword:
+        return []  # kept as it is: the page already asks for it again
+    current = settings.binding()
+    if sealed == current:
+        return []
+    reasons = ["it was sealed by an older version"] if sealed is None else []
+    if current is None:
+        reasons.append("the settings make no connection plan")
+    elif sealed is not None:
+        reasons = loosened(sealed, current)
+    if reasons:
+        settings.password_token = ""
+    else:
+        settings.reseal_password()
+    return reasons
+
+
+def dropped_password_text(reasons: list[str]) -> str:
+    return (
+        f"The stored password was removed because {'; '.join(reasons)}: a password is only "
+        "sent to the server it was entered for, verified the way it was then. Enter it again "
+        "if this server needs one."
+    )
 
 
 def display_value(name: str, value: Any) -> str:

@@ -10,9 +10,10 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.clickjacking import xframe_options_sameorigin
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
-from . import store
+from . import store, typed_password
 from .certificates import InvalidCertificate, parse_pem_bundle
 from .forms import RecipientForm, SmtpSettingsForm
 from .hostnames import unicode_host
@@ -25,6 +26,7 @@ CHANGE_PERMISSION = "smtpsettings.change_smtpsettings"
 PRESENTED = "smtpsettings.presented_certificate"  # session key for the trust flow
 
 
+@sensitive_post_parameters("password")
 @login_required
 @permission_required(VIEW_PERMISSION, raise_exception=True)
 @require_http_methods(["GET", "POST"])
@@ -41,10 +43,11 @@ def smtp_settings_page(request: HttpRequest) -> HttpResponse:
             if form.is_valid() and recipient_form.is_valid():
                 test_run = _start_test(request, form, recipient_form.cleaned_data["test_to"])
         elif form.is_valid():
+            adopted = form.adopt_password(typed_password.take(request.session, form.instance))
             result = form.save(
                 actor=request.user, actor_name=request.user.get_username(), source="web page"
             )
-            _report_save(request, result)
+            _report_save(request, result, adopted_typed_password=adopted)
             return redirect("smtpsettings:page")
     else:
         form = SmtpSettingsForm(instance=store.load())
@@ -52,13 +55,20 @@ def smtp_settings_page(request: HttpRequest) -> HttpResponse:
         for field in form.fields.values():
             field.disabled = True
     context = _page_context(form, can_change)
-    context.update(recipient_form=recipient_form, test_run=test_run)
+    context.update(
+        recipient_form=recipient_form,
+        test_run=test_run,
+        typed_password_held=typed_password.is_held(request.session),
+        typed_password_minutes=typed_password.HOLD_SECONDS // 60,
+    )
     return render(request, "smtpsettings/settings.html", context)
 
 
 def _start_test(request: HttpRequest, form: SmtpSettingsForm, recipient: str) -> SmtpTestRun:
     """Store the form's settings for a worker to test: no web request talks to SMTP."""
     candidate = form.candidate()
+    if form.cleaned_data["password"]:
+        typed_password.hold(request.session, candidate)
     run = SmtpTestRun.objects.create(
         requested_by=request.user,
         recipient=recipient,
@@ -129,18 +139,18 @@ def trust_certificate(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _report_save(request: HttpRequest, result: store.SaveResult) -> None:
+def _report_save(
+    request: HttpRequest, result: store.SaveResult, *, adopted_typed_password: bool = False
+) -> None:
     if not result.changes:
         messages.info(request, "Nothing changed.")
         return
     changed = ", ".join(change["label"] for change in result.changes)
     messages.success(request, f"SMTP settings saved. Changed: {changed}.")
+    if adopted_typed_password:
+        messages.info(request, "The password you typed for the test was saved with them.")
     if result.password_dropped:
-        messages.warning(
-            request,
-            "The stored password was removed because the server, port or user changed. "
-            "Enter the password again if this server needs one.",
-        )
+        messages.warning(request, store.dropped_password_text(result.password_dropped))
 
 
 def _page_context(form: SmtpSettingsForm, can_change: bool) -> dict[str, Any]:
@@ -160,9 +170,13 @@ def _page_context(form: SmtpSettingsForm, can_change: bool) -> dict[str, Any]:
     }
     if saved.host:
         try:
-            context["plan"] = saved.connection_plan()
+            plan = context["plan"] = saved.connection_plan()
         except OptionsError as error:
             context["plan_problem"] = "The stored options are no longer valid: " + str(error)
+        else:
+            missing = plan.authenticates and saved.password_state is PasswordState.NOT_SET
+            context["password_missing"] = missing
+            context["plan_sentence"] = plan.describe(password_missing=missing)
     if saved.trusted_certificate:
         try:
             context["certificates"] = parse_pem_bundle(saved.trusted_certificate)

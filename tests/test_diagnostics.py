@@ -88,7 +88,7 @@ def test_stored_password_is_used_only_while_the_server_is_unchanged(admin_client
         ok = run_test(admin_client, {**values, "password": ""})
         changed = run_test(admin_client, {**values, "password": "", "username": "mallory"})
     assert "Delivered" in ok
-    assert "saved for another server, port or user" in changed
+    assert "No password is stored for these values" in changed
     assert server.recorder.logins == [f"PLAIN {USERNAME}"]
 
 

@@ -14,7 +14,7 @@ from smtpsettings import store
 from smtpsettings.certificates import InvalidCertificate, parse_pem_bundle
 from smtpsettings.diagnostics import send_test_email
 from smtpsettings.forms import RecipientForm, SmtpSettingsForm
-from smtpsettings.models import SmtpSettings
+from smtpsettings.models import PasswordState, SmtpSettings
 from smtpsettings.options import OptionsError
 
 # --flag -> form field, for the fields `set` can change.
@@ -180,13 +180,17 @@ class Command(BaseCommand):
         if result.password_dropped:
             self.stdout.write(
                 self.style.WARNING(
-                    "The stored password was removed because the server, port or user changed. "
-                    "Enter it again with --password-stdin if this server needs one."
+                    store.dropped_password_text(result.password_dropped)
+                    + " On the command line: --password-stdin."
                 )
             )
         plan = store.load().connection_plan()
         if plan:
-            self.stdout.write(self.style.SUCCESS("Saved. ") + plan.describe())
+            saved = store.load()
+            missing = saved.password_state is PasswordState.NOT_SET
+            self.stdout.write(
+                self.style.SUCCESS("Saved. ") + plan.describe(password_missing=missing)
+            )
             if plan.refusal:
                 self.stdout.write(self.style.WARNING(plan.refusal))
 
@@ -247,6 +251,8 @@ def describe(settings: SmtpSettings) -> dict[str, Any]:
                 "peer_fingerprint": str(plan.peer_fingerprint) if plan.peer_fingerprint else None,
                 "authenticates": plan.authenticates,
                 "refusal": plan.refusal,
-                "description": plan.describe(),
+                "description": plan.describe(
+                    password_missing=settings.password_state is PasswordState.NOT_SET
+                ),
             }
     return report
