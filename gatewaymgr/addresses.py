@@ -4,21 +4,33 @@ Accepts one address per line, or several separated by commas or semicolons, each
 (`bob@example.com`) or with a name (`Bob Smith <bob@example.com>`, `"Smith, Bob" <bob@…>`), as
 mail programs copy them. Every entry that cannot be used is reported with its line, so the
 valid ones can still be invited.
+
+Anyone who may invite can paste anything here, so reading is linear in the input (no regular
+expression that can backtrack) and capped: entries per submission, characters per entry and
+characters in all.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 from django.contrib.auth.base_user import BaseUserManager
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 
-MAX_ADDRESSES = 1000
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
-_NAMED = re.compile(r"(?P<name>[^<>]*?)\s*<(?P<address>[^<>]*)>")
+MAX_ADDRESSES = 1000  # invited per submission; the rest are reported and left in the box
+MAX_ENTRIES = 10_000  # entries read per submission
+MAX_NAME_CHARS = 150
+MAX_ADDRESS_CHARS = 254
+# A name, an address, quotes, brackets and some spaces: anything longer is not one person.
+MAX_ENTRY_CHARS = 420
+# 10,000 entries of up to 200 characters; below Django's 2.5 MB limit on a request body.
+MAX_TOTAL_CHARS = 2_000_000
+SHOWN_PROBLEMS = 20  # a page lists this many problems, then says how many more there are
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")  # one character class: linear
 
 
 @dataclass(frozen=True)
@@ -40,10 +52,14 @@ class Problem:
 def split_entries(text: str) -> list[tuple[str, str]]:
     """("Line n", entry) for each non-blank entry, splitting on commas and semicolons
     that are not inside quotes or angle brackets."""
-    entries = []
+    return list(iter_entries(text))
+
+
+def iter_entries(text: str) -> Iterator[tuple[str, str]]:
+    """split_entries one entry at a time, in one pass over the text."""
     for number, line in enumerate(text.replace("\r\n", "\n").split("\n"), start=1):
-        current, quoted, bracketed = [], False, False
-        for char in line:
+        start, quoted, bracketed = 0, False, False
+        for index, char in enumerate(line):
             if char == '"' and not bracketed:
                 quoted = not quoted
             elif char == "<" and not quoted:
@@ -51,32 +67,39 @@ def split_entries(text: str) -> list[tuple[str, str]]:
             elif char == ">" and not quoted:
                 bracketed = False
             elif char in ",;" and not quoted and not bracketed:
-                entries.append((number, "".join(current)))
-                current = []
-                continue
-            current.append(char)
-        entries.append((number, "".join(current)))
-    return [(f"Line {number}", entry.strip()) for number, entry in entries if entry.strip()]
+                if entry := line[start:index].strip():
+                    yield f"Line {number}", entry
+                start = index + 1
+        if entry := line[start:].strip():
+            yield f"Line {number}", entry
+
+
+def _name_and_address(entry: str) -> tuple[str, str] | None:
+    """("Name", "address") for "Name <address>", None for an entry without brackets; a
+    ValidationError for brackets that do not form one pair at the end. String operations
+    only, so the time is linear in the entry whatever it holds."""
+    if "<" not in entry and ">" not in entry:
+        return None
+    opening = entry.find("<")
+    if entry.count("<") != 1 or entry.count(">") != 1 or not entry.endswith(">"):
+        raise ValidationError(f"“{entry}” has unmatched angle brackets; write Name <address>.")
+    return entry[:opening].strip().strip('"').strip(), entry[opening + 1 : -1].strip()
 
 
 def parse_invitee(entry: str) -> Invitee:
     """One entry as an Invitee, or a ValidationError that says what is wrong with it."""
+    if len(entry) > MAX_ENTRY_CHARS:
+        raise ValidationError(f"it is longer than {MAX_ENTRY_CHARS} characters.")
     if _CONTROL.search(entry):
         raise ValidationError("it contains a line break or another control character.")
-    named = _NAMED.fullmatch(entry)
-    if named:
-        name = named["name"].strip().strip('"').strip()
-        address = named["address"].strip()
-    elif "<" in entry or ">" in entry:
-        raise ValidationError(f"“{entry}” has unmatched angle brackets; write Name <address>.")
-    else:
-        name, address = "", entry
-    if len(name) > 150:
-        raise ValidationError("the name is longer than 150 characters.")
+    entry = entry.strip()
+    name, address = _name_and_address(entry) or ("", entry)
+    if len(name) > MAX_NAME_CHARS:
+        raise ValidationError(f"the name is longer than {MAX_NAME_CHARS} characters.")
     if not address:
         raise ValidationError(f"“{entry}” has a name but no address.")
-    if len(address) > 254:
-        raise ValidationError("the address is longer than 254 characters.")
+    if len(address) > MAX_ADDRESS_CHARS:
+        raise ValidationError(f"the address is longer than {MAX_ADDRESS_CHARS} characters.")
     try:
         validate_email(address)
     except ValidationError:
@@ -85,8 +108,28 @@ def parse_invitee(entry: str) -> Invitee:
 
 
 def parse_invitees(text: str) -> tuple[list[Invitee], list[Problem]]:
-    """What the form's box holds: the usable invitees and a problem for every other entry."""
-    return parse_entries(split_entries(text))
+    """What the form's box holds: the usable invitees and a problem for every other entry.
+    A ValidationError, reading nothing further, for a box past the caps."""
+    if len(text) > MAX_TOTAL_CHARS:
+        raise ValidationError(
+            f"The box holds {len(text):,} characters; at most {MAX_TOTAL_CHARS:,} can be read "
+            "at once. Nobody was invited: split the list and invite it in parts."
+        )
+    entries = list(islice(iter_entries(text), MAX_ENTRIES + 1))
+    if len(entries) > MAX_ENTRIES:
+        raise ValidationError(
+            f"More than {MAX_ENTRIES:,} entries; at most {MAX_ENTRIES:,} can be read at once. "
+            "Nobody was invited: split the list and invite it in parts."
+        )
+    return parse_entries(entries)
+
+
+def first_problems(problems: list[str], shown: int = SHOWN_PROBLEMS) -> list[str]:
+    """The first `shown` problems and a last line saying how many more there are, so that a
+    box of junk gives a page of bounded size; the entries themselves stay in the box."""
+    if len(problems) <= shown:
+        return problems
+    return [*problems[:shown], f"… and {len(problems) - shown:,} more, left in the box below."]
 
 
 def parse_entries(entries: Iterable[tuple[str, str]]) -> tuple[list[Invitee], list[Problem]]:

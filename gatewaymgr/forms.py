@@ -6,12 +6,19 @@ from typing import Any
 
 from django import forms
 from django.contrib.auth import get_user_model, password_validation
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import Group
 
 from notifications.emails import header_safe
 
 from .addresses import Invitee, Problem, parse_invitees
-from .invitations import DEFAULT_VALID_DAYS, MAX_VALID_DAYS
+from .invitations import (
+    DEFAULT_VALID_DAYS,
+    MAX_VALID_DAYS,
+    grantable_groups,
+    quoted_names,
+    ungrantable_groups,
+)
 from .models import Invitation
 
 
@@ -32,7 +39,8 @@ class InviteForm(forms.Form):
         queryset=Group.objects.order_by("name"),
         required=False,
         widget=forms.CheckboxSelectMultiple,
-        help_text="The new users join these groups, and get their permissions.",
+        help_text="The new users join these groups, and get their permissions. Only groups "
+        "whose permissions you hold yourself are offered.",
     )
     valid_days = forms.IntegerField(
         label="Link valid for (days)",
@@ -45,9 +53,36 @@ class InviteForm(forms.Form):
     invitees: list[Invitee]
     problems: list[Problem]
 
+    def __init__(self, inviter: AbstractBaseUser, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.inviter = inviter
+        # Offer only what the inviter may give; the queryset stays all groups so that a posted
+        # id of another one gets the clear refusal of clean_groups, not "not a valid choice".
+        self.grantable = grantable_groups(inviter)
+        self.fields["groups"].widget.choices = [(group.pk, group.name) for group in self.grantable]
+
+    def clean_groups(self) -> list[Group]:
+        groups = list(self.cleaned_data["groups"])
+        refused = ungrantable_groups(self.inviter, groups)
+        if refused:
+            gives = "it gives" if len(refused) == 1 else "they give"
+            raise forms.ValidationError(
+                f"You cannot grant {quoted_names(refused)}: {gives} permissions you do not hold "
+                "yourself. Only groups whose permissions you hold can be given; ask someone who "
+                "holds them to send this invitation."
+            )
+        return groups
+
     def clean_addresses(self) -> str:
         text = self.cleaned_data["addresses"]
-        self.invitees, self.problems = parse_invitees(text)
+        try:
+            self.invitees, self.problems = parse_invitees(text)
+        except forms.ValidationError:
+            # Past the caps the box is not echoed back: the error page would be as large as
+            # the attack. The message says how to split the list.
+            self.data = self.data.copy()
+            self.data[self.add_prefix("addresses")] = ""
+            raise
         if not self.invitees and not self.problems:
             raise forms.ValidationError("Enter at least one e-mail address.")
         return text

@@ -53,6 +53,47 @@ class UsernameTaken(Exception):
     pass
 
 
+class GroupsNotGrantable(Exception):
+    """The user may not give these groups: each has a permission the user does not hold."""
+
+    def __init__(self, groups: Sequence[Group]) -> None:
+        super().__init__(", ".join(g.name for g in groups))
+        self.groups = list(groups)
+
+
+def quoted_names(groups: Iterable[Group]) -> str:
+    return ", ".join(f"“{group.name}”" for group in groups)
+
+
+def may_grant(held: set[str], needed: set[str]) -> bool:
+    """The one rule: a group may be given only by someone who holds all its permissions, so
+    an invitation can never hand out more than its sender has."""
+    return needed <= held
+
+
+def ungrantable_groups(grantor: AbstractBaseUser | None, groups: Iterable[Group]) -> list[Group]:
+    """The groups among `groups` that `grantor` may not give. None is the command line without
+    --invited-by: whoever runs manage.py has the shell and the database already, so anything."""
+    groups = list(groups)
+    if grantor is None or (grantor.is_active and grantor.is_superuser):
+        return []
+    held = grantor.get_all_permissions()  # empty for an inactive user: grants nothing
+    needed: dict[int, set[str]] = {group.pk: set() for group in groups}
+    rows = Group.permissions.through.objects.filter(group__in=groups).values_list(
+        "group_id", "permission__content_type__app_label", "permission__codename"
+    )
+    for group_id, app_label, codename in rows:
+        needed[group_id].add(f"{app_label}.{codename}")
+    return [group for group in groups if not may_grant(held, needed[group.pk])]
+
+
+def grantable_groups(grantor: AbstractBaseUser | None) -> list[Group]:
+    """Every group `grantor` may give, by name: what the invite form offers."""
+    groups = list(Group.objects.order_by("name"))
+    refused = {group.pk for group in ungrantable_groups(grantor, groups)}
+    return [group for group in groups if group.pk not in refused]
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -88,8 +129,12 @@ def invite(
 ) -> InviteReport:
     """Invite each address and queue its e-mail; an address that already has an account is
     refused. Inviting an open (pending or expired) invitation again gives it a new token and
-    expiry, so the earlier link stops working."""
+    expiry, so the earlier link stops working. Raises GroupsNotGrantable, inviting nobody, when
+    the inviter may not give a group."""
     groups = list(groups)
+    refused_groups = ungrantable_groups(inviter, groups)
+    if refused_groups:
+        raise GroupsNotGrantable(refused_groups)
     report = InviteReport()
     with transaction.atomic():
         taken = _existing_accounts([i.email for i in invitees])
@@ -183,10 +228,15 @@ def invitation_email(invitation: Invitation, token: str) -> EmailMultiAlternativ
     return message
 
 
-def resend(invitation: Invitation) -> bool:
-    """A new link with a fresh expiry for an open invitation; the old link stops working."""
+def resend(invitation: Invitation, actor: AbstractBaseUser | None = None) -> bool:
+    """A new link with a fresh expiry for an open invitation; the old link stops working.
+    Raises GroupsNotGrantable when `actor` may not give the invitation's groups: a resend is a
+    new grant as much as the first invitation was."""
     if invitation.status not in (InvitationStatus.PENDING, InvitationStatus.EXPIRED):
         return False
+    refused_groups = ungrantable_groups(actor, invitation.groups.all())
+    if refused_groups:
+        raise GroupsNotGrantable(refused_groups)
     with transaction.atomic():
         now = timezone.now()
         token, token_hash = new_token()

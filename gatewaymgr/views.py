@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
 from django.contrib import messages
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth.decorators import login_required, permission_required
@@ -8,11 +12,13 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
 from smtpsettings import store
 
 from . import invitations
+from .addresses import first_problems
 from .forms import AcceptInvitationForm, InviteForm
 from .models import Invitation, InvitationStatus
 
@@ -31,11 +37,11 @@ def home(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def users_page(request: HttpRequest) -> HttpResponse:
     can_invite = request.user.has_perm(INVITE)
-    form = InviteForm()
+    form = InviteForm(request.user)
     if request.method == "POST":
         if not can_invite:
             raise PermissionDenied
-        form = InviteForm(request.POST)
+        form = InviteForm(request.user, request.POST)
         if form.is_valid():
             report = invitations.invite(
                 form.invitees,
@@ -51,8 +57,10 @@ def users_page(request: HttpRequest) -> HttpResponse:
             rest = [p.entry for p in form.problems] + [
                 f"{i.name} <{i.email}>" if i.name else i.email for i, _ in report.refused
             ]
-            form = InviteForm(initial={**form.cleaned_data, "addresses": "\n".join(rest)})
-            form.address_problems = problems
+            form = InviteForm(
+                request.user, initial={**form.cleaned_data, "addresses": "\n".join(rest)}
+            )
+            form.address_problems = first_problems(problems)
     status = request.GET.get("status", "")
     listed = invitations.with_status(status if status in InvitationStatus.values else "")
     page = Paginator(listed, 50).get_page(request.GET.get("page"))
@@ -107,7 +115,17 @@ def invitation_action(request: HttpRequest, pk: int, action: str) -> HttpRespons
     if action == "resend":
         if not request.user.has_perm(INVITE):
             raise PermissionDenied
-        if invitations.resend(invitation):
+        try:
+            resent = invitations.resend(invitation, request.user)
+        except invitations.GroupsNotGrantable as refused:
+            messages.error(
+                request,
+                f"You cannot resend the invitation for {invitation.email}: it gives "
+                f"{invitations.quoted_names(refused.groups)}, with permissions you do not hold "
+                "yourself. Ask someone who holds them to resend it.",
+            )
+            return redirect("users")
+        if resent:
             messages.success(
                 request,
                 f"Sent a new link to {invitation.email}, valid for {invitation.valid_days} "
@@ -125,7 +143,22 @@ def invitation_action(request: HttpRequest, pk: int, action: str) -> HttpRespons
     return redirect("users")
 
 
+def no_referrer(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """The page's URL holds the invitation token: a browser must not pass it on as Referer,
+    neither to the static files and the page after joining nor to any other site."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = view(request, *args, **kwargs)
+        response["Referrer-Policy"] = "no-referrer"
+        return response
+
+    return wrapped
+
+
 @never_cache
+@no_referrer
+@sensitive_post_parameters("password1", "password2")
 @require_http_methods(["GET", "POST"])
 def accept_invitation(request: HttpRequest, token: str) -> HttpResponse:
     invitation = invitations.find(token)

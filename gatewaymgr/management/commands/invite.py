@@ -41,7 +41,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--invited-by",
             metavar="USERNAME",
-            help="The user the e-mail names as the one who invited (default: nobody named).",
+            help="The user the e-mail names as the one who invited (default: nobody named). "
+            "They must hold every permission of the groups given.",
         )
 
     def handle(self, *args: Any, addresses: list[str], **options: Any) -> None:
@@ -62,6 +63,15 @@ class Command(BaseCommand):
             inviter = User.objects.filter(**{User.USERNAME_FIELD: options["invited_by"]}).first()
             if inviter is None:
                 raise CommandError(f"--invited-by: no user named {options['invited_by']}.")
+        refused_groups = invitations.ungrantable_groups(inviter, groups)
+        if refused_groups:
+            # Without --invited-by the command may give any group: it runs with the shell's
+            # rights, which reach the database anyway. Naming a user limits it to theirs.
+            raise CommandError(
+                f"--group: {options['invited_by']} cannot grant "
+                f"{invitations.quoted_names(refused_groups)}: only groups whose permissions they "
+                "hold. Nobody was invited."
+            )
         # Each argument is one entry: a line break inside one is reported, never split on.
         invitees, problems = parse_entries(
             (f"Argument {number}", argument) for number, argument in enumerate(addresses, 1)
