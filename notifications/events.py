@@ -20,6 +20,7 @@ STRINGS = "list of strings"
 DATETIME = "ISO 8601 date and time"
 
 MAX_STRING = 1000  # characters in one string value: an event is a notice, not a document
+MAX_INTEGER = 1_000_000_000  # an integer value's magnitude: counts and days, not big numbers
 MAX_ITEMS = 100  # items in one list value
 
 
@@ -39,6 +40,9 @@ class EventType:
     fields: tuple[Field, ...]
     subject: str  # str.format() template over the payload; missing optional fields are blank
     internal: bool = False  # sent by the product itself only (the test notification)
+    # Raised only by the product itself (its own audit notices): integrations may subscribe,
+    # but the HTTP API and the command refuse them, so no token can forge one.
+    product_only: bool = False
 
     @property
     def field_names(self) -> list[str]:
@@ -160,6 +164,7 @@ CATALOG: dict[str, EventType] = {
                 _f("expires_at", DATETIME, description="When the invitation expires"),
             ),
             "{invited_by} invited {email}",
+            product_only=True,
         ),
         EventType(
             "user.joined",
@@ -172,6 +177,7 @@ CATALOG: dict[str, EventType] = {
                 _f("invited_by", required=False, description="Who invited them"),
             ),
             "{username} joined Gateway Manager",
+            product_only=True,
         ),
         EventType(
             "smtp.settings_changed",
@@ -182,6 +188,7 @@ CATALOG: dict[str, EventType] = {
                 _f("changed_by", required=False, description="Who saved them"),
             ),
             "SMTP settings changed",
+            product_only=True,
         ),
         EventType(
             "integration.test",
@@ -227,13 +234,27 @@ def nearest(word: str, choices: list[str]) -> str | None:
     return matches[0] if matches else None
 
 
-def type_errors(event_type: Any, *, allow_internal: bool = False) -> dict[str, list[str]]:
-    """Why `event_type` is not one that may be triggered, or {} when it is."""
-    known = [e.type for e in CATALOG.values() if allow_internal or not e.internal]
+def type_errors(
+    event_type: Any, *, allow_internal: bool = False, from_outside: bool = False
+) -> dict[str, list[str]]:
+    """Why `event_type` is not one that may be triggered, or {} when it is. `from_outside`:
+    the HTTP API or the command asks, which may not raise the product's own events."""
+    known = [
+        e.type
+        for e in CATALOG.values()
+        if (allow_internal or not e.internal) and not (from_outside and e.product_only)
+    ]
     if not isinstance(event_type, str) or not event_type:
         return {"type": [f"An event type is required, one of: {', '.join(known)}."]}
     if event_type in known:
         return {}
+    if from_outside and event_type in CATALOG and CATALOG[event_type].product_only:
+        return {
+            "type": [
+                f"{event_type} is raised by Gateway Manager itself when it happens; it cannot "
+                "be triggered through the API or the command. Integrations may subscribe to it."
+            ]
+        }
     guess = nearest(event_type, known)
     hint = f" Did you mean {guess!r}?" if guess else f" Valid types: {', '.join(known)}."
     return {"type": [f"Unknown event type {event_type!r}.{hint}"]}
@@ -249,6 +270,8 @@ def value_error(field: Field, value: Any) -> str | None:
     elif field.type == INTEGER:
         if isinstance(value, bool) or not isinstance(value, int):
             return f"Expected an integer, got {json_type(value)}."
+        if abs(value) > MAX_INTEGER:
+            return f"Expected an integer between -{MAX_INTEGER:,} and {MAX_INTEGER:,}."
     elif field.type == STRINGS:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             return f"Expected a list of strings, got {json_type(value)}."
@@ -295,9 +318,12 @@ def payload_errors(event_type: str, payload: Any) -> dict[str, list[str]]:
     return errors
 
 
-def validate(event_type: Any, payload: Any, *, allow_internal: bool = False) -> None:
-    """Raise InvalidEvent unless `event_type` is known and `payload` fits it."""
-    errors = type_errors(event_type, allow_internal=allow_internal)
+def validate(
+    event_type: Any, payload: Any, *, allow_internal: bool = False, from_outside: bool = False
+) -> None:
+    """Raise InvalidEvent unless `event_type` is known (and, `from_outside`, not one only the
+    product raises) and `payload` fits it."""
+    errors = type_errors(event_type, allow_internal=allow_internal, from_outside=from_outside)
     if not errors:
         errors = payload_errors(event_type, payload)
     if errors:

@@ -37,10 +37,11 @@ def trigger(
     source: str = EventSource.PRODUCT,
 ) -> Event:
     """Record an event and queue its notifications. Raises events.InvalidEvent (with field
-    errors) for an unknown type or a payload that does not fit it."""
-    validate(event_type, payload)
+    errors) for an unknown type, a payload that does not fit it, or, from the API or the
+    command, a type only the product itself raises."""
     if source not in EventSource.values or source == EventSource.TEST:
         raise ValueError(f"source must be product, api or command, not {source!r}")
+    validate(event_type, payload, from_outside=source != EventSource.PRODUCT)
     with transaction.atomic():
         event = Event.objects.create(
             type=event_type, payload=payload, source=source, actor=actor_name(actor)

@@ -312,12 +312,20 @@ def test_command_triggers_and_the_mail_arrives(server):
 
 def test_command_reports_each_bad_field_and_exits_non_zero():
     with pytest.raises(CommandError) as caught:
-        call_command("trigger_event", "user.invited", "--data", '{"email": 5, "invitedby": "x"}')
+        call_command(
+            "trigger_event",
+            "subscription.requested",
+            "--data",
+            '{"api": 5, "application": "a", "requestedby": "x"}',
+        )
     text = str(caught.value)
     assert "Nothing was triggered" in text
-    assert "email: Expected a string, got a number." in text
-    assert "invited_by: This field is required." in text
-    assert "invitedby: Unknown field for user.invited. Did you mean 'invited_by'?" in text
+    assert "api: Expected a string, got a number." in text
+    assert "requested_by: This field is required." in text
+    assert (
+        "requestedby: Unknown field for subscription.requested. Did you mean 'requested_by'?"
+        in text
+    )
     with pytest.raises(CommandError, match=r"Did you mean 'api\.retired'"):
         call_command("trigger_event", "api.retire", "--data", "{}")
     with pytest.raises(CommandError, match="--data is not valid JSON"):

@@ -1,4 +1,8 @@
-"""Trigger an event from the command line, validated exactly like the HTTP API."""
+"""Trigger an event from the command line, validated exactly like the HTTP API.
+
+Like the API, it refuses the events only the product raises (user.invited, user.joined,
+smtp.settings_changed): an operator with a shell could otherwise forge an audit notice as
+easily as a token holder, and one rule for both is easier to trust. --list marks them."""
 
 from __future__ import annotations
 
@@ -52,7 +56,10 @@ class Command(BaseCommand):
 def catalog_text() -> str:
     lines = []
     for spec in public_types():
-        lines.append(f"{spec.type}  {spec.label}: {spec.description}")
+        only = " (raised by Gateway Manager only; integrations may subscribe)"
+        lines.append(
+            f"{spec.type}  {spec.label}: {spec.description}{only if spec.product_only else ''}"
+        )
         for field in spec.fields:
             need = "required" if field.required else "optional"
             lines.append(f"    {field.name} ({field.type}, {need}) {field.description}")
