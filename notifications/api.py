@@ -6,8 +6,9 @@
 
 Every answer is JSON. 202 {"id", "type", "integrations", "messages"} once the event is
 recorded and its messages are in the outbox; 400 {"errors": {field: [messages]}} for a body
-that is too large, not JSON, of an unknown type or with a payload that does not fit; 401 for
-a missing, unknown or revoked token; 405 for any method but POST.
+that is too large, not JSON, nested too deeply, of an unknown type, of a type only the product
+raises, or with a payload that does not fit; 401 for a missing, unknown or revoked token; 405
+for any method but POST; 429 with Retry-After past the rate limit (see ratelimit.py).
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from typing import Any
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import tokens
+from gatewaymgr.untrusted import UnsafeJson, load_json
+
+from . import ratelimit, tokens
 from .events import InvalidEvent
 from .models import EventSource
 from .triggering import trigger
 
 MAX_BODY = 64 * 1024  # bytes; an event is a short notice, and this keeps memory per request small
+MAX_DEPTH = 10  # {"payload": {"field": [...]}} needs 3; deeper is refused before parsing
 
 
 def error(status: int, errors: dict[str, list[str]], **headers: str) -> JsonResponse:
@@ -31,6 +35,10 @@ def error(status: int, errors: dict[str, list[str]], **headers: str) -> JsonResp
     for name, value in headers.items():
         response[name.replace("_", "-")] = value
     return response
+
+
+def too_many(why: str, wait: int) -> JsonResponse:
+    return error(429, {"token": [f"{why} Try again in {wait} seconds."]}, Retry_After=str(wait))
 
 
 def read_body(request: HttpRequest) -> tuple[Any, dict[str, list[str]]]:
@@ -47,8 +55,12 @@ def read_body(request: HttpRequest) -> tuple[Any, dict[str, list[str]]]:
     if len(raw) > MAX_BODY:
         return None, too_large
     try:
-        return json.loads(raw), {}
-    except (UnicodeDecodeError, ValueError) as problem:
+        return load_json(raw.decode("utf-8"), max_depth=MAX_DEPTH), {}
+    except UnicodeDecodeError:
+        return None, {"body": ["The body is not valid JSON: it is not UTF-8 text."]}
+    except UnsafeJson as problem:
+        return None, {"body": [f"The body {problem}."]}
+    except json.JSONDecodeError as problem:
         return None, {"body": [f"The body is not valid JSON: {problem}."]}
 
 
@@ -56,14 +68,28 @@ def read_body(request: HttpRequest) -> tuple[Any, dict[str, list[str]]]:
 def events_endpoint(request: HttpRequest) -> JsonResponse:
     if request.method != "POST":
         return error(405, {"method": ["Use POST."]}, Allow="POST")
+    rate = ratelimit.configured_rate()
+    # Requests without a valid token are counted per client address, and once that budget is
+    # used even a valid token from there waits: otherwise the answer would tell a guesser
+    # which guess was right.
+    address = "address:" + request.META.get("REMOTE_ADDR", "")
+    wait = ratelimit.blocked(address, rate)
+    if wait:
+        return too_many(
+            f"Too many requests without a valid token from this address ({rate}).", wait
+        )
     secret = tokens.bearer(request.headers.get("Authorization", ""))
     token = tokens.authenticate(secret)
     if token is None:
+        ratelimit.hit(address, rate)
         if secret is None:
             why = "Send the header Authorization: Bearer <token>."
         else:
             why = "The token is unknown or revoked."
         return error(401, {"token": [why]}, WWW_Authenticate='Bearer realm="events"')
+    wait = ratelimit.hit("token:" + token.hash, rate)
+    if wait:
+        return too_many(f"Too many requests with this token: it may make {rate}.", wait)
     body, errors = read_body(request)
     if errors:
         return error(400, errors)

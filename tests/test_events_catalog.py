@@ -203,3 +203,39 @@ def test_labels_follow_the_catalog_order_and_keep_unknown_types_by_name():
         "User joined",
         "gone.away",
     ]
+
+
+def test_the_products_own_events_are_refused_from_outside_and_still_subscribable():
+    product_only = {e.type for e in CATALOG.values() if e.product_only}
+    assert product_only == {"user.invited", "user.joined", "smtp.settings_changed"}
+    assert product_only <= {e.type for e in public_types()}  # integrations may subscribe
+    for event_type in product_only:
+        assert type_errors(event_type) == {}
+        [message] = type_errors(event_type, from_outside=True)["type"]
+        assert message.startswith(f"{event_type} is raised by Gateway Manager itself")
+    # From outside, a near miss is not steered towards a type it may not raise.
+    assert "user.invited" not in type_errors("user.invite", from_outside=True)["type"][0]
+
+
+def test_integer_fields_are_bounded():
+    assert payload_errors("certificate.expiring", {**CERT, "days_left": -1_000_000_000}) == {}
+    errors = payload_errors("certificate.expiring", {**CERT, "days_left": 10**20})
+    assert errors == {
+        "days_left": ["Expected an integer between -1,000,000,000 and 1,000,000,000."]
+    }
+
+
+def test_the_api_rate_is_read_from_the_setting_and_windows_end_on_the_unit():
+    from django.core.exceptions import ImproperlyConfigured
+
+    from notifications.ratelimit import Rate, parse_rate, window
+
+    assert parse_rate("120/minute") == Rate(120, "minute")
+    assert parse_rate(" 5 / Seconds ") == Rate(5, "second")
+    assert str(parse_rate("1/hour")) == "1 request per hour"
+    for bad in ["", "120", "0/minute", "ten/minute", "5/fortnight"]:
+        with pytest.raises(ImproperlyConfigured, match="API_RATE_LIMIT must look like"):
+            parse_rate(bad)
+    assert window(600.0, Rate(3, "minute")) == (10, 60)
+    assert window(659.2, Rate(3, "minute")) == (10, 1)
+    assert window(659.99, Rate(3, "minute")) == (10, 1)
