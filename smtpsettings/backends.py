@@ -59,25 +59,22 @@ def transport_for(record: SmtpSettings, **kwargs) -> SmtpTransport:
             "No SMTP server is configured: fill in Server on Settings -> SMTP.",
             kind="settings",
         )
+    missing = ""
     try:
         password = record.reveal_password() if plan.username else ""
     except UndecryptablePassword as error:
         raise policy_problem("settings", str(error), kind="password-unreadable") from None
     except WrongServerPassword as error:
-        raise policy_problem(
-            "settings", f"No password is stored for these values. {error}", kind="password-missing"
-        ) from None
-    if plan.username and not password:
+        password, missing = "", f"No password is stored for these values. {error}"
+    if plan.username and not password and not missing:
         # Signing in with an empty password would fail as "wrong credentials", which blames
         # the wrong thing.
-        raise policy_problem(
-            "settings",
+        missing = (
             f"No password is stored for these values, so Gateway Manager cannot sign in as "
             f"{plan.username}. Enter the password on Settings -> SMTP, or clear User if the "
-            "server needs no sign-in.",
-            kind="password-missing",
+            "server needs no sign-in."
         )
-    return SmtpTransport(plan, password, **kwargs)
+    return SmtpTransport(plan, password, missing_password=missing, **kwargs)
 
 
 def sender_of(record: SmtpSettings) -> str:

@@ -24,6 +24,7 @@ class CertificateInfo:
     not_after: datetime.datetime
     sha256: str  # colon-separated upper-case hex, as browsers and openssl show it
     names: tuple[str, ...] = ()  # DNS names and IP addresses it is valid for
+    is_ca: bool = False  # CA:TRUE: it can vouch for any certificate it signs
 
     @property
     def self_signed(self) -> bool:
@@ -52,6 +53,13 @@ def _names(certificate: x509.Certificate) -> tuple[str, ...]:
     )
 
 
+def _is_ca(certificate: x509.Certificate) -> bool:
+    try:
+        return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
 def describe(certificate: x509.Certificate) -> CertificateInfo:
     return CertificateInfo(
         subject=certificate.subject.rfc4514_string() or "(empty subject)",
@@ -60,6 +68,7 @@ def describe(certificate: x509.Certificate) -> CertificateInfo:
         not_after=certificate.not_valid_after_utc,
         sha256=colon_hex(certificate.fingerprint(hashes.SHA256())),
         names=_names(certificate),
+        is_ca=_is_ca(certificate),
     )
 
 
@@ -104,3 +113,15 @@ def normalize_pem(text: str) -> str:
     """Line endings and surrounding blank space normalised, content untouched."""
     text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
     return text + "\n" if text else ""
+
+
+def exact_certificates(pem: str) -> frozenset[bytes]:
+    """The server certificates a trusted bundle names, as DER, when it holds no CA: then only
+    exactly these are accepted. Empty for a bundle with a CA, which is trusted as an anchor."""
+    try:
+        certificates = x509.load_pem_x509_certificates(pem.encode("utf-8"))
+    except ValueError:  # blank or unreadable: the form says so; nothing is trusted exactly
+        return frozenset()
+    if any(_is_ca(certificate) for certificate in certificates):
+        return frozenset()
+    return frozenset(c.public_bytes(serialization.Encoding.DER) for c in certificates)

@@ -152,6 +152,13 @@ class SmtpSettingsForm(forms.ModelForm):
         )
 
 
+def form_data(values: dict[str, Any]) -> dict[str, Any]:
+    """Editable values (a snapshot, or a test run's config) as the page would post them."""
+    data = {name: values[name] for name in store.EDITABLE}
+    data["options"] = json.dumps(values["options"]) if values["options"] else ""
+    return data
+
+
 class RecipientForm(forms.Form):
     test_to = forms.EmailField(
         label="Send a test e-mail to",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from .certificates import exact_certificates
 from .hostnames import display_host_port, is_loopback
 from .options import Fingerprint, SmtpOptions
 
@@ -88,8 +89,19 @@ class ConnectionPlan:
             parts.append(f"signs in as {self.username}")
         return ", ".join(parts) + "."
 
+    @property
+    def trusts_exactly(self) -> bool:
+        """The trusted certificate is the server's own (no CA): only it is accepted."""
+        return bool(exact_certificates(self.trusted_certificate))
+
+    @property
+    def trusts_a_ca(self) -> bool:
+        return bool(self.trusted_certificate) and not self.trusts_exactly
+
     def _describe_verification(self) -> str:
-        if self.verify_peer:
+        if self.verify_peer and self.trusts_exactly:
+            text = "accepts only the stored trusted certificate"
+        elif self.verify_peer:
             text = "verifies the server certificate"
             if self.trusted_certificate:
                 text += " against the system's CAs and the stored trusted certificate"

@@ -15,6 +15,8 @@ import smtplib
 import socket
 import ssl
 
+from gatewaymgr.untrusted import printable, printable_record
+
 from .certificates import CertificateInfo
 from .hostnames import display_host_port
 from .plan import ConnectionPlan, Security
@@ -40,14 +42,16 @@ class SmtpProblem(smtplib.SMTPException):
         certificate_pem: str = "",
         refused: dict[str, tuple[int, str]] | None = None,
     ):
+        # Everything here is shown (pages, commands, the outbox): the server's words and its
+        # certificate's are made printable once, here, so no escape sequence gets through.
         self.step = step
-        self.advice = advice
+        self.advice = printable(advice)
         self.kind = kind
-        self.reply = reply
+        self.reply = (reply[0], printable(reply[1])) if reply else reply
         self.temporary = temporary
-        self.certificate = certificate
+        self.certificate = printable_record(certificate) if certificate else certificate
         self.certificate_pem = certificate_pem  # as presented, for "Trust this certificate"
-        self.refused = refused or {}
+        self.refused = {a: (c, printable(t)) for a, (c, t) in (refused or {}).items()}
         super().__init__(str(self))
 
     @property
@@ -71,7 +75,7 @@ def reply_of(error: BaseException) -> tuple[int, str] | None:
         return None
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    return int(code), " ".join(str(text or "").split())
+    return int(code), printable(" ".join(str(text or "").split()))
 
 
 def _describe_certificate(info: CertificateInfo | None) -> str:
@@ -145,7 +149,10 @@ def explain(
         )
     if isinstance(error, smtplib.SMTPRecipientsRefused):
         refused = {
-            address: (code, text.decode("utf-8", "replace") if isinstance(text, bytes) else text)
+            address: (
+                code,
+                printable(text.decode("utf-8", "replace") if isinstance(text, bytes) else text),
+            )
             for address, (code, text) in error.recipients.items()
         }
         first_code, first_text = next(iter(refused.values()), (0, ""))
@@ -333,6 +340,21 @@ def fingerprint_mismatch(
         reply=(0, "certificate fingerprint mismatch"),
         temporary=True,
         certificate=actual,
+    )
+
+
+def not_the_trusted_certificate(actual: CertificateInfo | None, pem: str) -> SmtpProblem:
+    return SmtpProblem(
+        "tls",
+        "The server presented a certificate other than the trusted one, and only that exact "
+        "certificate is accepted. If the server's certificate was renewed, check the new one's "
+        "fingerprint with the server's administrator and trust it; otherwise something is "
+        "intercepting the connection." + (_describe_certificate(actual) if actual else ""),
+        kind="untrusted",
+        reply=(0, "not the trusted certificate"),
+        temporary=True,
+        certificate=actual,
+        certificate_pem=pem,
     )
 
 

@@ -61,19 +61,7 @@ def save(
     `before` is the snapshot taken when editing began, so the history names exactly the
     fields this save changed.
     """
-    after = snapshot(settings)
-    result = SaveResult(
-        changes=[
-            {
-                "field": name,
-                "label": label,
-                "old": display_value(name, before[name]),
-                "new": display_value(name, after[name]),
-            }
-            for name, label in EDITABLE.items()
-            if before[name] != after[name]
-        ]
-    )
+    result = SaveResult(changes=differences(before, snapshot(settings)))
     had_password = bool(settings.password_token)
     password_change = None
     if clear_password:
@@ -133,6 +121,20 @@ def _rebind_password(settings: SmtpSettings) -> list[str]:
     else:
         settings.reseal_password()
     return reasons
+
+
+def differences(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, str]]:
+    """The fields that differ, as the history shows them."""
+    return [
+        {
+            "field": name,
+            "label": label,
+            "old": display_value(name, before[name]),
+            "new": display_value(name, after[name]),
+        }
+        for name, label in EDITABLE.items()
+        if before[name] != after[name]
+    ]
 
 
 def dropped_password_text(reasons: list[str]) -> str:

@@ -19,10 +19,18 @@ from dataclasses import dataclass
 
 from django.core.mail.utils import DNS_NAME
 
-from .certificates import CertificateInfo, der_to_pem, describe_der
+from gatewaymgr.untrusted import printable, printable_record
+
+from .certificates import CertificateInfo, der_to_pem, describe_der, exact_certificates
 from .hostnames import is_loopback, parse_ip
 from .plan import ConnectionPlan, Security
-from .problems import SmtpProblem, explain, fingerprint_mismatch, policy_problem
+from .problems import (
+    SmtpProblem,
+    explain,
+    fingerprint_mismatch,
+    not_the_trusted_certificate,
+    policy_problem,
+)
 from .tls import build_context, fingerprint_matches
 
 # smtplib tries these in this order too; CRAM-MD5 first because it never sends the password.
@@ -96,8 +104,18 @@ def wire_format(data: bytes) -> bytes:
 
 
 def _text(reply: bytes | str) -> str:
+    """A server's reply on one line, printable: it may carry terminal escape sequences."""
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
-    return " ".join(text.split())
+    return printable(" ".join(text.split()))
+
+
+def _shown(step: Step) -> Step:
+    """`step` as it may be shown: whatever the server chose (its EHLO name and
+    capabilities, replies, its certificate's subject) made printable."""
+    step.detail, step.reply = printable(step.detail), printable(step.reply)
+    if step.certificate is not None:
+        step.certificate = printable_record(step.certificate)
+    return step
 
 
 class SmtpTransport:
@@ -111,9 +129,13 @@ class SmtpTransport:
         observer: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        missing_password: str = "",
     ):
         self.plan = plan
         self._password = password
+        # Why there is no password to sign in with: the connection still runs up to AUTH, so
+        # a test shows the TLS steps, then stops with this instead of blaming the credentials.
+        self._missing_password = missing_password
         self._observer = observer
         self._clock = clock
         self._sleep = sleep
@@ -252,6 +274,9 @@ class SmtpTransport:
         step.certificate = info
         cipher = sock.cipher()
         step.detail = f"{sock.version()}, {cipher[0] if cipher else 'unknown cipher'}"
+        exact = exact_certificates(self.plan.trusted_certificate) if self.plan.verify_peer else ()
+        if exact and der not in exact:
+            raise not_the_trusted_certificate(info, der_to_pem(der) if der else "")
         pin = self.plan.peer_fingerprint
         if pin and not (der and fingerprint_matches(der, pin.algorithm, pin.hexdigest)):
             actual = hashlib.new(pin.algorithm, der or b"").hexdigest()
@@ -259,6 +284,8 @@ class SmtpTransport:
 
     def _authenticate(self, smtp: smtplib.SMTP, step: Step) -> None:
         plan = self.plan
+        if self._missing_password:
+            raise policy_problem("auth", self._missing_password, kind="password-missing")
         encrypted = isinstance(smtp.sock, ssl.SSLSocket)
         if plan.refusal or not (encrypted or is_loopback(plan.host)):
             raise policy_problem(
@@ -449,11 +476,11 @@ class SmtpTransport:
             step.detail = problem.advice
             step.certificate = step.certificate or problem.certificate
             if self._observer:
-                self._observer(step)
+                self._observer(_shown(step))
             raise problem from None
         step.seconds = time.perf_counter() - started
         if self._observer:
-            self._observer(step)
+            self._observer(_shown(step))
 
     def _report_envelope(
         self, started: float, sender: str, recipients: Sequence[str], replies: list[tuple]

@@ -15,15 +15,21 @@ from django.views.decorators.http import require_http_methods
 
 from . import store, typed_password
 from .certificates import InvalidCertificate, parse_pem_bundle
-from .forms import RecipientForm, SmtpSettingsForm
-from .hostnames import unicode_host
+from .forms import RecipientForm, SmtpSettingsForm, form_data
+from .hostnames import display_host_port, unicode_host
 from .models import PasswordState, SmtpSettings, SmtpTestRun
 from .options import OptionsError
 from .tasks import run_smtp_test
 
 VIEW_PERMISSION = "smtpsettings.view_smtpsettings"
 CHANGE_PERMISSION = "smtpsettings.change_smtpsettings"
-PRESENTED = "smtpsettings.presented_certificate"  # session key for the trust flow
+PRESENTED = "smtpsettings.trust_run"  # session key: the test run whose certificate to trust
+CA_REFUSAL = (
+    "This certificate is a CA certificate (CA:TRUE). Trusting it here would accept every "
+    "certificate it signs, so this page refuses it. Ask the server's administrator for the "
+    "server's own certificate; or, if you mean to trust that CA, paste it into Trusted "
+    "certificate knowingly."
+)
 
 
 @sensitive_post_parameters("password")
@@ -87,12 +93,7 @@ def test_run_result(request: HttpRequest, pk: int) -> HttpResponse:
     a worker has run the test, so the page works without JavaScript."""
     run = get_object_or_404(SmtpTestRun, pk=pk, requested_by=request.user)
     if run.finished_at and run.presented_certificate:
-        certificate = parse_pem_bundle(run.presented_certificate)[0]
-        request.session[PRESENTED] = {
-            "pem": run.presented_certificate,
-            "sha256": certificate.sha256,
-            "server": f"{run.config['host']}:{run.config['port']}",
-        }
+        request.session[PRESENTED] = run.pk  # what "Trust this certificate" offers
     waiting = (timezone.now() - run.created_at).total_seconds()
     return render(
         request,
@@ -101,41 +102,59 @@ def test_run_result(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
+@sensitive_post_parameters("password")
 @login_required
 @permission_required(CHANGE_PERMISSION, raise_exception=True)
 @require_http_methods(["GET", "POST"])
 def trust_certificate(request: HttpRequest) -> HttpResponse:
-    """Show the certificate the server presented in the last test; store it on confirmation."""
-    presented = request.session.get(PRESENTED)
-    if not presented:
+    """Trust the certificate the server presented in the last test, saved together with the
+    values that were tested: trust is for exactly that certificate on exactly that server."""
+    run = SmtpTestRun.objects.filter(
+        pk=request.session.get(PRESENTED), requested_by=request.user
+    ).first()
+    if run is None or not run.presented_certificate:
         messages.info(request, "Send a test e-mail first: this page trusts what it presents.")
         return redirect("smtpsettings:page")
+    certificate = parse_pem_bundle(run.presented_certificate)[0]
+    saved = store.load()
+    tested = {**run.config, "trusted_certificate": run.presented_certificate}
+    form = SmtpSettingsForm(
+        {**form_data(tested), "password": request.POST.get("password", "")}, instance=saved
+    )
     if request.method == "POST":
-        if request.POST.get("sha256") != presented["sha256"]:
+        if certificate.is_ca:
+            messages.error(request, CA_REFUSAL)
+            return redirect("smtpsettings:page")
+        if request.POST.get("sha256") != certificate.sha256:
             messages.error(request, "The certificate changed in the meantime; test again.")
             return redirect("smtpsettings:page")
-        record = store.load()
-        before = store.snapshot(record)
-        record.trusted_certificate = presented["pem"]
-        store.save(
-            record,
-            before,
-            actor=request.user,
-            actor_name=request.user.get_username(),
-            source="web page",
-        )
-        del request.session[PRESENTED]
-        messages.success(
-            request,
-            f"The certificate with SHA-256 {presented['sha256']} is now trusted for this server, "
-            "with verification still on. Send the test e-mail again.",
-        )
-        return redirect("smtpsettings:page")
-    certificate = parse_pem_bundle(presented["pem"])[0]
+        if form.is_valid():
+            tested_record = SmtpSettings(**run.config)
+            adopted = form.adopt_password(typed_password.take(request.session, tested_record))
+            result = form.save(
+                actor=request.user, actor_name=request.user.get_username(), source="web page"
+            )
+            del request.session[PRESENTED]
+            messages.success(
+                request,
+                f"The certificate with SHA-256 {certificate.sha256} is now trusted for "
+                f"{display_host_port(run.config['host'], run.config['port'])}: only this exact "
+                "certificate is accepted, with verification still on.",
+            )
+            _report_save(request, result, adopted_typed_password=adopted)
+            return redirect("smtpsettings:page")
     return render(
         request,
         "smtpsettings/trust.html",
-        {"certificate": certificate, "presented": presented, "saved": store.load()},
+        {
+            "certificate": certificate,
+            "CA_REFUSAL": CA_REFUSAL,
+            "server": display_host_port(run.config["host"], run.config["port"]),
+            "changes": store.differences(store.snapshot(saved), tested),
+            "form": form,
+            "username": run.config["username"],
+            "password_held": typed_password.is_held(request.session),
+        },
     )
 
 

@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from smtpsettings import store
 from smtpsettings.certificates import InvalidCertificate, parse_pem_bundle
 from smtpsettings.diagnostics import send_test_email
-from smtpsettings.forms import RecipientForm, SmtpSettingsForm
+from smtpsettings.forms import RecipientForm, SmtpSettingsForm, form_data
 from smtpsettings.models import PasswordState, SmtpSettings
 from smtpsettings.options import OptionsError
 
@@ -149,7 +149,7 @@ class Command(BaseCommand):
 
     def change(self, options: dict[str, Any]) -> None:
         settings = store.load()
-        data = form_data(settings)
+        data = form_data(store.snapshot(settings))
         for flag, field in SET_FLAGS.items():
             if options[flag] is not None:
                 data[field] = options[flag]
@@ -193,13 +193,6 @@ class Command(BaseCommand):
             )
             if plan.refusal:
                 self.stdout.write(self.style.WARNING(plan.refusal))
-
-
-def form_data(settings: SmtpSettings) -> dict[str, Any]:
-    """The form's data as the page would post it unchanged."""
-    data = {field: getattr(settings, field) for field in store.EDITABLE}
-    data["options"] = json.dumps(settings.options) if settings.options else ""
-    return data
 
 
 def read_certificate(path: str) -> str:
