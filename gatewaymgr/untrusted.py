@@ -8,10 +8,13 @@ sys.set_int_max_str_digits(), and NaN or Infinity are accepted although JSON has
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import unicodedata
-from typing import Any
+from typing import Any, TypeVar
+
+Record = TypeVar("Record")
 
 MAX_NUMBER_DIGITS = 40  # more than any real value needs (2**64 has 20 digits)
 
@@ -83,3 +86,16 @@ def _printable_char(char: str) -> str:
     if char in "\t\n\r\v\f" or unicodedata.category(char) == "Zs":
         return " "
     return PLACEHOLDER
+
+
+def printable_record(record: Record) -> Record:
+    """A copy of the dataclass `record` (a certificate's description) with every text field,
+    and every text in a tuple field, made printable."""
+    changes: dict[str, Any] = {}
+    for field in dataclasses.fields(record):
+        value = getattr(record, field.name)
+        if isinstance(value, str):
+            changes[field.name] = printable(value)
+        elif isinstance(value, tuple) and all(isinstance(item, str) for item in value):
+            changes[field.name] = tuple(printable(item) for item in value)
+    return dataclasses.replace(record, **changes)
