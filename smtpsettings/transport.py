@@ -1,0 +1,528 @@
+"""The SMTP transport: carries out a ConnectionPlan over the standard library's smtplib and ssl.
+
+One transport keeps its connection across sends (a task worker sends thousands over it), so
+the help page's ping_threshold, restart_threshold and restart_threshold_sleep apply. Every
+failure leaves here as an `SmtpProblem` that says what to do, with the server's reply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import smtplib
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from django.core.mail.utils import DNS_NAME
+
+from gatewaymgr.untrusted import printable, printable_record
+
+from .certificates import CertificateInfo, der_to_pem, describe_der, exact_certificates
+from .hostnames import is_loopback, parse_ip
+from .plan import ConnectionPlan, Security
+from .problems import (
+    SmtpProblem,
+    explain,
+    fingerprint_mismatch,
+    not_the_trusted_certificate,
+    policy_problem,
+)
+from .tls import build_context, fingerprint_matches
+
+# smtplib tries these in this order too; CRAM-MD5 first because it never sends the password.
+AUTH_MECHANISMS = ("CRAM-MD5", "PLAIN", "LOGIN")
+_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+
+Refusals = dict[str, tuple[int, str]]
+
+
+STEP_LABELS = {
+    "resolve": "Resolve",
+    "connect": "Connect",
+    "tls": "TLS (SMTPS)",
+    "greeting": "Greeting",
+    "ehlo": "EHLO",
+    "starttls": "STARTTLS",
+    "auth": "AUTH",
+    "mail": "MAIL FROM",
+    "rcpt": "RCPT TO",
+    "data": "DATA",
+    "noop": "NOOP",
+    "quit": "QUIT",
+    "settings": "Settings",
+}
+
+
+@dataclass
+class Step:
+    """One step of the SMTP dialogue, as the diagnostics show it."""
+
+    name: str
+    ok: bool
+    seconds: float
+    detail: str = ""
+    reply: str = ""
+    certificate: CertificateInfo | None = None
+
+    @property
+    def label(self) -> str:
+        return STEP_LABELS.get(self.name, self.name.upper())
+
+    @property
+    def milliseconds(self) -> str:
+        return f"{self.seconds * 1000:.1f} ms"
+
+
+Observer = Callable[[Step], None]
+
+
+def ehlo_name(local_domain: str | None) -> str:
+    """The EHLO argument: the configured name, an address literal for an IP, else our FQDN."""
+    if not local_domain:
+        return DNS_NAME.get_fqdn()
+    address = parse_ip(local_domain)
+    if address is None:
+        return local_domain
+    return f"[IPv6:{address.compressed}]" if address.version == 6 else f"[{address}]"
+
+
+def wire_format(data: bytes) -> bytes:
+    """The message as DATA carries it: CRLF line ends, leading dots doubled, the final dot."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:  # Django's are CRLF already
+        data = _LINE_ENDS.sub(b"\r\n", data)
+    if data.startswith(b"."):
+        data = b"." + data
+    data = data.replace(b"\r\n.", b"\r\n..")
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
+
+
+def _text(reply: bytes | str) -> str:
+    """A server's reply on one line, printable: it may carry terminal escape sequences."""
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    return printable(" ".join(text.split()))
+
+
+def _shown(step: Step) -> Step:
+    """`step` as it may be shown: whatever the server chose (its EHLO name and
+    capabilities, replies, its certificate's subject) made printable."""
+    step.detail, step.reply = printable(step.detail), printable(step.reply)
+    if step.certificate is not None:
+        step.certificate = printable_record(step.certificate)
+    return step
+
+
+class SmtpTransport:
+    """Sends messages as `plan` says. Not thread-safe: one per worker thread."""
+
+    def __init__(
+        self,
+        plan: ConnectionPlan,
+        password: str = "",
+        *,
+        observer: Observer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        missing_password: str = "",
+    ):
+        self.plan = plan
+        self._password = password
+        # Why there is no password to sign in with: the connection still runs up to AUTH, so
+        # a test shows the TLS steps, then stops with this instead of blaming the credentials.
+        self._missing_password = missing_password
+        self._observer = observer
+        self._clock = clock
+        self._sleep = sleep
+        self._context = build_context(plan) if plan.encrypted else None
+        self._ehlo_name = ehlo_name(plan.options.local_domain)
+        self._smtp: smtplib.SMTP | None = None
+        self._sent_on_connection = 0
+        self._last_activity = 0.0
+        self._last_send: float | None = None
+        self.auth_mechanism = ""
+
+    def __repr__(self) -> str:
+        state = "open" if self._smtp else "closed"
+        return f"<SmtpTransport {self.plan.host}:{self.plan.port} {state}>"
+
+    @property
+    def is_open(self) -> bool:
+        return self._smtp is not None
+
+    # -- connection ---------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect, secure and sign in, unless already connected."""
+        if self._smtp is None:
+            self._smtp = self._establish(self._context, authenticate=True)
+            self._sent_on_connection = 0
+            self._last_activity = self._clock()
+
+    def close(self) -> None:
+        """QUIT and close; quietly, since the messages are already sent."""
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        try:
+            with self._step("quit") as step:
+                code, reply = smtp.quit()
+                step.reply = f"{code} {_text(reply)}"
+        except (SmtpProblem, OSError, smtplib.SMTPException):
+            pass
+        finally:
+            smtp.close()
+
+    def _discard(self) -> None:
+        """Drop a connection that failed half-way; it is never reused."""
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            smtp.close()
+
+    def _establish(self, context: ssl.SSLContext | None, *, authenticate: bool) -> smtplib.SMTP:
+        plan = self.plan
+        timeout = plan.options.timeout
+        sock: socket.socket | None = None
+        smtp: smtplib.SMTP | None = None
+        try:
+            with self._step("resolve") as step:
+                addresses = socket.getaddrinfo(plan.host, plan.port, type=socket.SOCK_STREAM)
+                step.detail = ", ".join(dict.fromkeys(str(a[4][0]) for a in addresses))
+            with self._step("connect") as step:
+                sock = self._connect_socket(addresses, timeout)
+                local, remote = sock.getsockname(), sock.getpeername()
+                step.detail = f"{remote[0]} port {remote[1]}, from {local[0]}"
+            if plan.security is Security.SMTPS:
+                with self._step("tls") as step:
+                    sock = context.wrap_socket(sock, server_hostname=plan.host)
+                    self._check_peer(sock, step)
+            smtp = smtplib.SMTP(local_hostname=self._ehlo_name, timeout=timeout)
+            smtp._host = plan.host  # the name TLS verifies, as smtplib.connect() would set
+            smtp.sock = sock
+            with self._step("greeting") as step:
+                code, reply = smtp.getreply()
+                step.reply = f"{code} {_text(reply)}"
+                if code != 220:
+                    raise smtplib.SMTPConnectError(code, reply)
+            self._hello(smtp)
+            if plan.security is Security.STARTTLS:
+                with self._step("starttls") as step:
+                    if not smtp.has_extn("starttls"):
+                        raise policy_problem(
+                            "starttls",
+                            f"The server does not offer STARTTLS, which is required on port "
+                            f"{plan.port}. Use port 465 or Force SMTPS if the server supports "
+                            "SMTPS. Only for a trusted local relay: port 25 or "
+                            '{"auto_tls": false} sends without encryption.',
+                            kind="starttls-missing",
+                        )
+                    code, reply = smtp.starttls(context=context)
+                    step.reply = f"{code} {_text(reply)}"
+                    self._check_peer(smtp.sock, step)
+                self._hello(smtp)
+            if authenticate and plan.username:
+                with self._step("auth") as step:
+                    self._authenticate(smtp, step)
+            return smtp
+        except BaseException:
+            if smtp is not None:
+                smtp.close()
+            elif sock is not None:
+                sock.close()
+            raise
+
+    def _connect_socket(self, addresses: list, timeout: float) -> socket.socket:
+        source = self.plan.options.source_ip
+        last_error: OSError | None = None
+        for family, kind, proto, _, address in addresses:
+            if source and (":" in source) != (family == socket.AF_INET6):
+                continue  # the source address cannot reach this address family
+            sock = socket.socket(family, kind, proto)
+            sock.settimeout(timeout)
+            try:
+                if source:
+                    sock.bind((source, 0))
+                sock.connect(address)
+                return sock
+            except OSError as error:
+                sock.close()
+                last_error = error
+        raise last_error or OSError(f"no address of {self.plan.host} fits source_ip {source}")
+
+    def _hello(self, smtp: smtplib.SMTP) -> None:
+        with self._step("ehlo") as step:
+            code, reply = smtp.ehlo()
+            if code != 250:
+                code, reply = smtp.helo()
+                if code != 250:
+                    raise smtplib.SMTPHeloError(code, reply)
+            features = [
+                " ".join(f"{name.upper()} {value}".split())
+                for name, value in smtp.esmtp_features.items()
+            ]
+            step.detail = f"as {self._ehlo_name}; offers " + (", ".join(features) or "nothing")
+            step.reply = f"{code} {_text(reply).split()[0] if reply else ''}".strip()
+
+    def _check_peer(self, sock: ssl.SSLSocket, step: Step) -> None:
+        der = sock.getpeercert(binary_form=True)
+        info = describe_der(der) if der else None
+        step.certificate = info
+        cipher = sock.cipher()
+        step.detail = f"{sock.version()}, {cipher[0] if cipher else 'unknown cipher'}"
+        exact = exact_certificates(self.plan.trusted_certificate) if self.plan.verify_peer else ()
+        if exact and der not in exact:
+            raise not_the_trusted_certificate(info, der_to_pem(der) if der else "")
+        pin = self.plan.peer_fingerprint
+        if pin and not (der and fingerprint_matches(der, pin.algorithm, pin.hexdigest)):
+            actual = hashlib.new(pin.algorithm, der or b"").hexdigest()
+            raise fingerprint_mismatch(self.plan, info, actual)
+
+    def _authenticate(self, smtp: smtplib.SMTP, step: Step) -> None:
+        plan = self.plan
+        if self._missing_password:
+            raise policy_problem("auth", self._missing_password, kind="password-missing")
+        encrypted = isinstance(smtp.sock, ssl.SSLSocket)
+        if plan.refusal or not (encrypted or is_loopback(plan.host)):
+            raise policy_problem(
+                "auth",
+                plan.refusal or "The password would cross the network unencrypted.",
+                kind="password-unencrypted",
+            )
+        offered = smtp.esmtp_features.get("auth", "").upper().split()
+        if not offered:  # no AUTH line, or one that lists no mechanism
+            raise policy_problem(
+                "auth",
+                "The server does not offer authentication (AUTH) on this connection. Leave "
+                "User blank if the server needs no sign-in; some servers offer AUTH only "
+                "after STARTTLS or only on port 587.",
+                kind="auth-missing",
+            )
+        mechanisms = [m for m in AUTH_MECHANISMS if m in offered]
+        if not mechanisms:
+            raise policy_problem(
+                "auth",
+                f"The server offers only AUTH {' '.join(offered)}, none of which this product "
+                f"supports ({', '.join(AUTH_MECHANISMS)}).",
+                kind="auth-unsupported",
+            )
+        smtp.user, smtp.password = plan.username, self._password
+        try:
+            error: smtplib.SMTPAuthenticationError | None = None
+            for mechanism in mechanisms:
+                method = getattr(smtp, "auth_" + mechanism.lower().replace("-", "_"))
+                try:
+                    code, reply = smtp.auth(mechanism, method, initial_response_ok=True)
+                except smtplib.SMTPAuthenticationError as refused:
+                    error = refused
+                    continue
+                self.auth_mechanism = mechanism
+                step.detail = f"{mechanism} as {plan.username}"
+                step.reply = f"{code} {_text(reply)}"
+                return
+            raise error  # type: ignore[misc]
+        finally:
+            smtp.user = smtp.password = ""  # the password lives no longer than needed
+
+    # -- sending ------------------------------------------------------------------------
+
+    def send(self, sender: str, recipients: Sequence[str], data: bytes) -> Refusals:
+        """Send one message. Returns the refused recipients when others accepted it;
+        raises SmtpProblem when nobody got it."""
+        self._prepare()
+        try:
+            refused = self._transaction(sender, recipients, data)
+        except SmtpProblem as problem:
+            if problem.reply and problem.reply[0] in (0, 421):
+                self._discard()  # the connection broke or the server is closing it
+            raise
+        self._sent_on_connection += 1
+        self._last_activity = self._last_send = self._clock()
+        return refused
+
+    def _prepare(self) -> None:
+        options = self.plan.options
+        if self._smtp is not None:
+            if options.restart_threshold and self._sent_on_connection >= options.restart_threshold:
+                self.close()
+                if options.restart_threshold_sleep:
+                    self._sleep(options.restart_threshold_sleep)
+            elif self._clock() - self._last_activity > options.ping_threshold:
+                self._ping()
+        if options.max_per_second and self._last_send is not None:
+            wait = self._last_send + 1 / options.max_per_second - self._clock()
+            if wait > 0:
+                self._sleep(wait)
+        self.open()
+
+    def _ping(self) -> None:
+        try:
+            with self._step("noop") as step:
+                code, reply = self._smtp.noop()
+                step.reply = f"{code} {_text(reply)}"
+                if code != 250:
+                    raise smtplib.SMTPResponseException(code, reply)
+        except (SmtpProblem, OSError, smtplib.SMTPException):
+            self._discard()  # reconnect and send anyway
+
+    def _transaction(self, sender: str, recipients: Sequence[str], data: bytes) -> Refusals:
+        smtp = self._smtp
+        params = []
+        if smtp.has_extn("size"):
+            params.append(f"SIZE={len(data)}")
+        if smtp.has_extn("8bitmime") and not data.isascii():
+            params.append("BODY=8BITMIME")
+        if not (sender.isascii() and all(r.isascii() for r in recipients)):
+            if not smtp.has_extn("smtputf8"):
+                raise policy_problem(
+                    "mail",
+                    "An address contains non-ASCII characters, and the server does not "
+                    "support them (no SMTPUTF8).",
+                    kind="smtputf8-missing",
+                )
+            params.append("SMTPUTF8")
+        mail = f"MAIL FROM:<{sender}>" + "".join(f" {p}" for p in params)
+        commands = [mail, *(f"RCPT TO:<{r}>" for r in recipients), "DATA"]
+        step = "mail"
+        try:
+            started = time.perf_counter()
+            replies = self._exchange(smtp, commands, len(recipients))
+            mail_reply = replies[0]
+            rcpt_replies = replies[1 : 1 + len(recipients)]
+            data_reply = replies[-1] if len(replies) == len(commands) else None
+            if self._observer:
+                self._report_envelope(started, sender, recipients, replies)
+            if mail_reply[0] != 250:
+                self._abandon(smtp, data_reply)
+                raise smtplib.SMTPSenderRefused(mail_reply[0], mail_reply[1], sender)
+            refused = {
+                r: (code, _text(text))
+                for r, (code, text) in zip(recipients, rcpt_replies, strict=True)
+                if code not in (250, 251)
+            }
+            step = "rcpt"
+            if len(refused) == len(recipients):
+                self._abandon(smtp, data_reply)
+                raise smtplib.SMTPRecipientsRefused(refused)
+            step = "data"
+            with self._step("data") as report:
+                report.reply = _reply(data_reply)
+                if data_reply[0] != 354:
+                    smtp.rset()
+                    raise smtplib.SMTPDataError(*data_reply)
+                smtp.send(wire_format(data))
+                code, reply = smtp.getreply()
+                report.reply += f", then {code} {_text(reply)}"
+                report.detail = f"{len(data):,} bytes"
+                if code != 250:
+                    raise smtplib.SMTPDataError(code, reply)
+            return refused
+        except SmtpProblem:
+            raise
+        except OSError as error:  # smtplib's exceptions are OSErrors too
+            problem = explain(step, error, self.plan)
+            answered = isinstance(
+                error, smtplib.SMTPResponseException | smtplib.SMTPRecipientsRefused
+            )
+            if not answered:
+                self._discard()  # the connection broke: never reuse it
+            raise problem from None
+
+    @staticmethod
+    def _exchange(smtp: smtplib.SMTP, commands: list[str], rcpt_count: int) -> list[tuple]:
+        """MAIL, RCPT... and DATA: in one write with PIPELINING (RFC 2920), else one by one,
+        stopping where the rest would be pointless."""
+        encode = "utf-8" if any(not c.isascii() for c in commands) else "ascii"
+        if smtp.has_extn("pipelining"):
+            smtp.send("".join(f"{c}\r\n" for c in commands).encode(encode))
+            return [smtp.getreply() for _ in commands]
+        replies = []
+        for index, command in enumerate(commands):
+            smtp.send(f"{command}\r\n".encode(encode))
+            replies.append(smtp.getreply())
+            if index == 0 and replies[0][0] != 250:
+                break
+            if index == rcpt_count and all(code not in (250, 251) for code, _ in replies[1:]):
+                break
+        return replies
+
+    @staticmethod
+    def _abandon(smtp: smtplib.SMTP, data_reply: tuple | None) -> None:
+        """End a transaction that must not deliver: a server that still said 354 to DATA
+        gets an empty message (RFC 2920), then RSET."""
+        if data_reply and data_reply[0] == 354:
+            smtp.send(b".\r\n")
+            smtp.getreply()
+        smtp.rset()
+
+    # -- observation --------------------------------------------------------------------
+
+    @contextmanager
+    def _step(self, name: str) -> Iterator[Step]:
+        """Time a step, tell the observer, and translate a failure into an SmtpProblem."""
+        step = Step(name, ok=True, seconds=0.0)
+        started = time.perf_counter()
+        try:
+            yield step
+        except BaseException as error:
+            step.ok = False
+            problem = self._explain(name, error)
+            step.seconds = time.perf_counter() - started
+            step.reply = problem.server_reply
+            step.detail = problem.advice
+            step.certificate = step.certificate or problem.certificate
+            if self._observer:
+                self._observer(_shown(step))
+            raise problem from None
+        step.seconds = time.perf_counter() - started
+        if self._observer:
+            self._observer(_shown(step))
+
+    def _report_envelope(
+        self, started: float, sender: str, recipients: Sequence[str], replies: list[tuple]
+    ) -> None:
+        """MAIL, RCPT and DATA travel together when pipelined, so they share one timing."""
+        seconds = time.perf_counter() - started
+        mail, rcpts = replies[0], replies[1 : 1 + len(recipients)]
+        self._observer(Step("mail", mail[0] == 250, seconds, f"from {sender}", _reply(mail)))
+        for recipient, reply in zip(recipients, rcpts, strict=False):
+            self._observer(
+                Step("rcpt", reply[0] in (250, 251), 0.0, f"to {recipient}", _reply(reply))
+            )
+
+    def _explain(self, step: str, error: BaseException) -> SmtpProblem:
+        if isinstance(error, SmtpProblem):
+            return error
+        certificate = pem = None
+        if isinstance(error, ssl.SSLCertVerificationError):
+            certificate, pem = self.presented_certificate()
+        problem = explain(step, error, self.plan, certificate=certificate)
+        problem.certificate_pem = pem or ""
+        return problem
+
+    def presented_certificate(self) -> tuple[CertificateInfo | None, str | None]:
+        """What the server presents, fetched over a second, unverified connection that
+        sends nothing but the handshake: only to show the administrator."""
+        probe = SmtpTransport(self.plan)
+        unverified = build_context(self.plan, verify=False)
+        try:
+            smtp = probe._establish(unverified, authenticate=False)
+        except (SmtpProblem, OSError, smtplib.SMTPException):
+            return None, None
+        try:
+            der = smtp.sock.getpeercert(binary_form=True)
+            return describe_der(der), der_to_pem(der)
+        finally:
+            try:
+                smtp.quit()
+            except (OSError, smtplib.SMTPException):
+                smtp.close()
+
+
+def _reply(reply: tuple) -> str:
+    code, text = reply
+    return f"{code} {_text(text)}"
