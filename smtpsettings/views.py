@@ -135,13 +135,12 @@ def trust_certificate(request: HttpRequest) -> HttpResponse:
                 actor=request.user, actor_name=request.user.get_username(), source="web page"
             )
             del request.session[PRESENTED]
-            messages.success(
-                request,
+            lead = (
                 f"The certificate with SHA-256 {certificate.sha256} is now trusted for "
                 f"{display_host_port(run.config['host'], run.config['port'])}: only this exact "
-                "certificate is accepted, with verification still on.",
+                "certificate is accepted, with verification still on."
             )
-            _report_save(request, result, adopted_typed_password=adopted)
+            _report_save(request, result, adopted_typed_password=adopted, lead=lead)
             return redirect("smtpsettings:page")
     return render(
         request,
@@ -159,13 +158,17 @@ def trust_certificate(request: HttpRequest) -> HttpResponse:
 
 
 def _report_save(
-    request: HttpRequest, result: store.SaveResult, *, adopted_typed_password: bool = False
+    request: HttpRequest,
+    result: store.SaveResult,
+    *,
+    adopted_typed_password: bool = False,
+    lead: str = "SMTP settings saved.",
 ) -> None:
     if not result.changes:
         messages.info(request, "Nothing changed.")
         return
     changed = ", ".join(change["label"] for change in result.changes)
-    messages.success(request, f"SMTP settings saved. Changed: {changed}.")
+    messages.success(request, f"{lead} Changed: {changed}.")
     if adopted_typed_password:
         messages.info(request, "The password you typed for the test was saved with them.")
     if result.password_dropped:

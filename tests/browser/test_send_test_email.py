@@ -54,4 +54,6 @@ def test_test_email_and_trust_this_certificate(page, workers):
         snapshot(page, "test-email-delivered")
     assert [m.rcpt_tos for m in server.messages] == [["root@example.com"]]
     assert store.load().options == {}  # verify_peer was never turned off
-    assert "verifies the server certificate" in store.load().connection_plan().describe()
+    assert (
+        "accepts only the stored trusted certificate" in store.load().connection_plan().describe()
+    )
