@@ -187,4 +187,6 @@ LOGGING = {
         "console": {"class": "logging.StreamHandler", "filters": ["redact_tokens"]},
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    # django-axes logs each failed sign-in at INFO; its warnings (repeats, lockouts) stay.
+    "loggers": {"axes": {"level": "WARNING"}},
 }

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import datetime
 import http.client
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
 import time
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 from django.core.management import call_command
@@ -266,3 +267,67 @@ def test_a_crash_report_of_the_sign_in_page_would_not_contain_the_password(clien
 
     reported = SafeExceptionReporterFilter().get_post_parameters(response.wsgi_request)
     assert reported["password"] == SafeExceptionReporterFilter.cleansed_substitute
+
+
+# Headers
+
+
+def test_every_response_carries_a_content_security_policy_without_inline_script(admin_client):
+    for url in ["/login/", "/", "/settings/smtp/", "/admin/", "/no-such-page/"]:
+        policy = admin_client.get(url)["Content-Security-Policy"]
+        directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+        assert directives["script-src"] == "'self'", url
+        assert directives["style-src"] == "'self'", url
+        assert directives["frame-ancestors"] == "'self'", url
+        assert directives["object-src"] == "'none'" and directives["base-uri"] == "'none'", url
+        assert "unsafe" not in policy, url
+
+
+PAGE_TEMPLATES = [
+    path
+    for path in (ROOT / "templates").rglob("*.html")
+    # E-mails are not pages: mail clients need their inline styles and ignore CSP.
+    if "email" not in path.name and "email" not in path.parent.name
+]
+
+
+@pytest.mark.parametrize("path", PAGE_TEMPLATES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_page_template_has_inline_script_or_style(path):
+    text = path.read_text()
+    assert not re.search(r"<script(?![^>]*\bsrc=)", text), "inline <script>"
+    assert "<style" not in text, "<style> element"
+    assert not re.search(r"\sstyle\s*=", text), "style attribute"
+    assert not re.search(r"\son[a-z]+\s*=", text), "event handler attribute"
+    assert "javascript:" not in text
+
+
+def response_headers_with(public_url: str) -> dict[str, str]:
+    """The sign-in page's headers from the settings as they load with this PUBLIC_URL, in a
+    fresh interpreter (settings are read once per process). The request is plain http, as a
+    TLS-terminating proxy hands it to gunicorn."""
+    host = urlsplit(public_url).hostname
+    script = (
+        "import django, json; django.setup(); from django.test import Client; "
+        f"r = Client().get('/login/', HTTP_HOST={host!r}); "
+        "print(json.dumps(dict(r.headers)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PUBLIC_URL": public_url},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_hsts_is_sent_when_the_public_url_is_https():
+    headers = response_headers_with("https://console.gatewaymgr.test")
+    assert headers["Strict-Transport-Security"] == "max-age=31536000"
+
+
+def test_no_hsts_when_the_public_url_is_http():
+    headers = response_headers_with("http://console.gatewaymgr.test:8000")
+    assert "Strict-Transport-Security" not in headers
+    assert "Content-Security-Policy" in headers
