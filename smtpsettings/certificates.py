@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from gatewaymgr.untrusted import printable_record
+
 MAX_PEM_CHARS = 256_000
 _BEGIN = "-----BEGIN CERTIFICATE-----"
 
@@ -61,7 +63,7 @@ def _is_ca(certificate: x509.Certificate) -> bool:
 
 
 def describe(certificate: x509.Certificate) -> CertificateInfo:
-    return CertificateInfo(
+    info = CertificateInfo(
         subject=certificate.subject.rfc4514_string() or "(empty subject)",
         issuer=certificate.issuer.rfc4514_string() or "(empty issuer)",
         not_before=certificate.not_valid_before_utc,
@@ -70,6 +72,9 @@ def describe(certificate: x509.Certificate) -> CertificateInfo:
         names=_names(certificate),
         is_ca=_is_ca(certificate),
     )
+    # Whoever made the certificate chose its subject, issuer and names: made printable here,
+    # so no page, command or history entry shows a terminal escape sequence from it.
+    return printable_record(info)
 
 
 def describe_der(der: bytes) -> CertificateInfo:

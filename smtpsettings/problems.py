@@ -15,7 +15,7 @@ import smtplib
 import socket
 import ssl
 
-from gatewaymgr.untrusted import printable, printable_record
+from gatewaymgr.untrusted import printable
 
 from .certificates import CertificateInfo
 from .hostnames import display_host_port
@@ -42,14 +42,14 @@ class SmtpProblem(smtplib.SMTPException):
         certificate_pem: str = "",
         refused: dict[str, tuple[int, str]] | None = None,
     ):
-        # Everything here is shown (pages, commands, the outbox): the server's words and its
-        # certificate's are made printable once, here, so no escape sequence gets through.
+        # Everything here is shown (pages, commands, the outbox): the server's words are made
+        # printable once, here, so no escape sequence gets through (certificates: describe()).
         self.step = step
         self.advice = printable(advice)
         self.kind = kind
         self.reply = (reply[0], printable(reply[1])) if reply else reply
         self.temporary = temporary
-        self.certificate = printable_record(certificate) if certificate else certificate
+        self.certificate = certificate
         self.certificate_pem = certificate_pem  # as presented, for "Trust this certificate"
         self.refused = {a: (c, printable(t)) for a, (c, t) in (refused or {}).items()}
         super().__init__(str(self))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from django.core.mail.utils import DNS_NAME
 
-from gatewaymgr.untrusted import printable, printable_record
+from gatewaymgr.untrusted import printable
 
 from .certificates import CertificateInfo, der_to_pem, describe_der, exact_certificates
 from .hostnames import is_loopback, parse_ip
@@ -111,10 +111,8 @@ def _text(reply: bytes | str) -> str:
 
 def _shown(step: Step) -> Step:
     """`step` as it may be shown: whatever the server chose (its EHLO name and
-    capabilities, replies, its certificate's subject) made printable."""
+    capabilities, its replies) made printable. Certificates are, by describe()."""
     step.detail, step.reply = printable(step.detail), printable(step.reply)
-    if step.certificate is not None:
-        step.certificate = printable_record(step.certificate)
     return step
 
 

@@ -248,3 +248,23 @@ def test_show_prints_a_trusted_hostile_certificate_without_its_escapes():
     call_command("smtp_settings", "show", "--json", stdout=as_json)
     values = strings_in(json.loads(as_json.getvalue()))
     assert [v for v in values if control_characters(v)] == []
+
+
+def test_the_settings_page_shows_a_trusted_hostile_certificate_without_its_escapes(admin_client):
+    response = admin_client.post(
+        "/settings/smtp/",
+        {
+            "sender_email": "gateway@example.com",
+            "host": TEST_HOST,
+            "port": "587",
+            "encryption": "auto",
+            "username": "",
+            "password": "",
+            "options": "",
+            "trusted_certificate": hostile_certificate().pem,
+        },
+    )
+    assert response.status_code == 302, response.context["form"].errors
+    page = admin_client.get("/settings/smtp/").content.decode()
+    assert "O=Evil" in page  # the details and the change history name it
+    assert control_characters(page) == []

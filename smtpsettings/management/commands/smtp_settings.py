@@ -10,7 +10,6 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from gatewaymgr.untrusted import printable_record
 from smtpsettings import store
 from smtpsettings.certificates import InvalidCertificate, parse_pem_bundle
 from smtpsettings.diagnostics import send_test_email
@@ -224,10 +223,8 @@ def describe(settings: SmtpSettings) -> dict[str, Any]:
     report["trusted_certificates"] = []
     if settings.trusted_certificate:
         try:
-            # Printable: the trust flow stores what a server presented, subject and all.
             report["trusted_certificates"] = [
-                dataclasses.asdict(printable_record(info))
-                for info in parse_pem_bundle(settings.trusted_certificate)
+                dataclasses.asdict(info) for info in parse_pem_bundle(settings.trusted_certificate)
             ]
         except InvalidCertificate as error:
             report["problem"] = str(error)
