@@ -184,12 +184,15 @@ def test_rotate_smtp_key_generates_a_usable_key(settings):
     assert keyring.decrypt(keyring.encrypt("x")) == "x"
 
 
-def test_ensure_admin_creates_one_administrator_once():
+def test_ensure_admin_creates_one_administrator_once(settings):
     out = io.StringIO()
     call_command("ensure_admin", stdout=out)
     text = out.getvalue()
-    password = text.split("password: ")[1].split()[0]
-    assert "user:     admin" in text
+    # Not a terminal: the password goes to an owner-only file (tests/test_security_files.py).
+    saved = settings.DATA_DIR / "first-admin-password"
+    password = saved.read_text().strip()
+    saved.unlink()
+    assert "user:     admin" in text and password not in text
     assert User.objects.get(username="admin").check_password(password)
     again = io.StringIO()
     call_command("ensure_admin", stdout=again)
