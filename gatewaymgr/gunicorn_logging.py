@@ -17,6 +17,5 @@ class RedactingLogger(Logger):
     def atoms(self, resp: Any, req: Any, environ: dict, request_time: Any) -> dict:
         atoms = super().atoms(resp, req, environ, request_time)
         return {
-            key: redact(value) if isinstance(value, str) else value
-            for key, value in atoms.items()
+            key: redact(value) if isinstance(value, str) else value for key, value in atoms.items()
         }
