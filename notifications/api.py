@@ -22,12 +22,11 @@ from django.views.decorators.csrf import csrf_exempt
 from gatewaymgr.untrusted import UnsafeJson, load_json
 
 from . import ratelimit, tokens
-from .events import InvalidEvent
+from .events import MAX_JSON_DEPTH, InvalidEvent
 from .models import EventSource
 from .triggering import trigger
 
 MAX_BODY = 64 * 1024  # bytes; an event is a short notice, and this keeps memory per request small
-MAX_DEPTH = 10  # {"payload": {"field": [...]}} needs 3; deeper is refused before parsing
 
 
 def error(status: int, errors: dict[str, list[str]], **headers: str) -> JsonResponse:
@@ -55,7 +54,7 @@ def read_body(request: HttpRequest) -> tuple[Any, dict[str, list[str]]]:
     if len(raw) > MAX_BODY:
         return None, too_large
     try:
-        return load_json(raw.decode("utf-8"), max_depth=MAX_DEPTH), {}
+        return load_json(raw.decode("utf-8"), max_depth=MAX_JSON_DEPTH), {}
     except UnicodeDecodeError:
         return None, {"body": ["The body is not valid JSON: it is not UTF-8 text."]}
     except UnsafeJson as problem:

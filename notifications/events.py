@@ -22,6 +22,9 @@ DATETIME = "ISO 8601 date and time"
 MAX_STRING = 1000  # characters in one string value: an event is a notice, not a document
 MAX_INTEGER = 1_000_000_000  # an integer value's magnitude: counts and days, not big numbers
 MAX_ITEMS = 100  # items in one list value
+# Nesting of a JSON body or --data: {"payload": {"field": [...]}} needs 3; deeper is refused
+# before parsing (Python's json recurses).
+MAX_JSON_DEPTH = 10
 
 
 @dataclass(frozen=True)

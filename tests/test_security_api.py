@@ -193,3 +193,17 @@ def test_token_guessing_from_one_address_is_throttled_even_for_a_right_guess(cli
     assert not Event.objects.exists()
     # Another address is not affected.
     assert post(client, body, secret, REMOTE_ADDR="192.0.2.7").status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ('{"api": ' + "[" * 5_000 + "]" * 5_000 + "}", "is nested 5,001 levels deep"),
+        ('{"api": "a", "version": ' + "9" * 5_000 + "}", "contains a number with 5,000 digits"),
+    ],
+)
+def test_the_command_refuses_hostile_json_with_a_message(data, message):
+    with pytest.raises(CommandError) as caught:
+        call_command("trigger_event", "api.retired", "--data", data)
+    assert f"--data {message}" in str(caught.value)
+    assert not Event.objects.exists()

@@ -10,7 +10,8 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from notifications.events import InvalidEvent, public_types
+from gatewaymgr.untrusted import UnsafeJson, load_json
+from notifications.events import MAX_JSON_DEPTH, InvalidEvent, public_types
 from notifications.models import EventSource
 from notifications.triggering import trigger
 
@@ -34,8 +35,10 @@ class Command(BaseCommand):
         if not options["type"]:
             raise CommandError("Name an event type, or use --list to see them.")
         try:
-            payload = json.loads(options["data"])
-        except ValueError as problem:
+            payload = load_json(options["data"], max_depth=MAX_JSON_DEPTH)
+        except UnsafeJson as problem:
+            raise CommandError(f"--data {problem}.") from None
+        except json.JSONDecodeError as problem:
             raise CommandError(f"--data is not valid JSON: {problem}.") from None
         try:
             event = trigger(
