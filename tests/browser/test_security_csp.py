@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 
 import notifications
 from notifications.models import Integration
-from tests.browser.conftest import sign_in
+from tests.browser.conftest import sign_in, snapshot
 from tests.smtpservers import require_test_host, self_signed, smtp_server
 
 pytestmark = pytest.mark.browser
@@ -77,6 +77,7 @@ def test_no_page_runs_or_needs_inline_script_or_style(page, live_server, workers
         page.goto("/login/")
         sign_in(page, "mallory", "guess")
     expect(page.locator(".errorbox")).to_contain_text("Too many failed sign-ins")
+    snapshot(page, "sign-in-locked-out")
     page.goto("/login/")
     sign_in(page, "root", "wrong")
     expect(page.locator(".errorbox")).to_be_visible()
