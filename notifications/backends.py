@@ -2,10 +2,10 @@
 
     EMAIL_BACKEND = "notifications.backends.OutboxBackend"
 
-send_messages() stores each message as an OutboundEmail row inside the caller's database
-transaction and, once that transaction commits, enqueues its delivery as a task. So a web
-request never talks to an SMTP server, a rolled-back invitation sends nothing, and nothing
-is lost when the SMTP server or a worker is down.
+send_messages() stores each message, encrypted with the key ring (smtpsettings.keyring), as an
+OutboundEmail row inside the caller's database transaction and, once that transaction commits,
+enqueues its delivery as a task. So a web request never talks to an SMTP server, a rolled-back
+invitation sends nothing, and nothing is lost when the SMTP server or a worker is down.
 
 Say what a message is for with `email.outbox_category` (see notifications.models.Category)
 and link it to what caused it with `email.outbox_cause` (any model instance); `queue_email()`
@@ -27,7 +27,7 @@ from django.db import models, transaction
 from smtpsettings import store
 from smtpsettings.backends import envelope_address, sender_of
 
-from .models import Category, OutboundEmail
+from .models import Category, OutboundEmail, seal
 from .policy import PENDING
 
 
@@ -81,7 +81,7 @@ class OutboxBackend(BaseEmailBackend):
             recipients=[{"address": a, "status": PENDING, "reply": ""} for a in recipients],
             to_text=" ".join(recipients).lower(),
             batch=batch,
-            data=mime.as_bytes(linesep="\r\n"),
+            message_token=seal(mime.as_bytes(linesep="\r\n")),
         )
 
 

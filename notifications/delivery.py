@@ -4,7 +4,7 @@ Workers claim in batches under a lease, so two workers never send the same messa
 same time (SELECT ... FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite serializes writers).
 Each result is committed right after the server's reply: a duplicate is possible only when
 a worker dies between the server's 250 and that commit. Messages of a worker that died are
-claimed again once its lease runs out.
+claimed again once its lease runs out. The commit that records delivery also drops the body.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from smtpsettings.backends import transport_for
 from smtpsettings.problems import SmtpProblem
 from smtpsettings.transport import SmtpTransport
 
-from .models import DeliveryAttempt, OutboundEmail, Status
+from .models import BodyUnavailable, DeliveryAttempt, OutboundEmail, Status
 from .policy import RetryPolicy, pending_addresses, record_problem, record_refusals, settle
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,13 @@ class Courier:
     def deliver(self, transport: SmtpTransport, email: OutboundEmail) -> SmtpProblem | None:
         recipients = pending_addresses(email.recipients)
         try:
-            refused = transport.send(email.envelope_from, recipients, bytes(email.data))
+            data = email.message_bytes()
+        except BodyUnavailable as error:
+            # A problem of this message alone: fail it, and the connection serves the rest.
+            self.record(email, problem=SmtpProblem("body", str(error), kind="body-unavailable"))
+            return None
+        try:
+            refused = transport.send(email.envelope_from, recipients, data)
         except SmtpProblem as problem:
             self.record(email, problem=problem)
             return problem
@@ -159,6 +165,7 @@ class Courier:
         changes["status"] = status
         if status == Status.SENT:
             changes["sent_at"] = now
+            changes["message_token"] = ""  # nobody needs it again: only the mailbox keeps it
         changes["last_error"] = str(problem) if problem is not None else ""
         outcome = _outcome(status, refused, problem)
         self.counts[outcome] += 1

@@ -6,6 +6,25 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import models
 from django.utils import timezone
 
+from smtpsettings import keyring
+
+BODY_REMOVED = "Body removed after delivery: the message cannot be sent again."
+BODY_UNREADABLE = (
+    "The message cannot be decrypted with the current keys: the key ring changed since it was "
+    "queued (SECRET_KEY or SMTP_ENCRYPTION_KEYS). Put the old key back into SECRET_KEY_FALLBACKS "
+    "or SMTP_ENCRYPTION_KEYS and retry it, or send it anew."
+)
+
+
+class BodyUnavailable(Exception):
+    """The message's body cannot be had: removed after delivery, or no key decrypts it."""
+
+
+def seal(data: bytes) -> str:
+    """A message as it is stored: encrypted with the key ring, so a copy of the database
+    alone yields no invitation link."""
+    return keyring.encrypt_bytes(data).decode("ascii")
+
 
 class Category(models.TextChoices):
     INVITATION = "invitation", "Invitation"
@@ -38,7 +57,9 @@ class OutboundEmail(models.Model):
     recipients = models.JSONField()
     to_text = models.TextField(blank=True)  # the addresses, lower case, for searching
     batch = models.CharField(max_length=32, blank=True, db_index=True)  # one send_messages() call
-    data = models.BinaryField()  # the whole message as it goes over the wire
+    # The whole message as it goes over the wire, sealed with seal(); "" once delivered, so
+    # a sent invitation's link lives on only in the recipient's mailbox.
+    message_token = models.TextField(blank=True)
 
     status = models.CharField(
         max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True
@@ -61,6 +82,15 @@ class OutboundEmail(models.Model):
     @property
     def recipient_list(self) -> str:
         return ", ".join(entry["address"] for entry in self.recipients)
+
+    def message_bytes(self) -> bytes:
+        """The message to send, decrypted. Raises BodyUnavailable saying why it cannot be."""
+        if not self.message_token:
+            raise BodyUnavailable(BODY_REMOVED)
+        try:
+            return keyring.decrypt_bytes(self.message_token.encode("ascii"))
+        except (keyring.Undecryptable, UnicodeError):
+            raise BodyUnavailable(BODY_UNREADABLE) from None
 
 
 class DeliveryAttempt(models.Model):

@@ -9,6 +9,8 @@ from django.db import transaction
 from django.db.models import Count, Min, Q, QuerySet
 from django.utils import timezone
 
+from smtpsettings import keyring
+
 from .backends import enqueue_delivery
 from .models import OutboundEmail, Status
 from .policy import PENDING, SENT
@@ -67,14 +69,25 @@ def recent_bulk_sends(limit: int = 5) -> list[BulkProgress]:
     return [BulkProgress(**row) for row in rows]
 
 
+def cannot_retry(email: OutboundEmail) -> str:
+    """Why this message cannot be tried again, or "" when it can."""
+    if not email.message_token:
+        return "It cannot be sent again: its body was removed after delivery."
+    if email.status not in RETRYABLE:
+        return "Only waiting or failed mail can be retried."
+    return ""
+
+
 def retry(email: OutboundEmail) -> bool:
     """Try again now; recipients refused before get another chance too."""
-    if email.status not in RETRYABLE:
+    if cannot_retry(email):
         return False
     recipients = [r if r["status"] == SENT else {**r, "status": PENDING} for r in email.recipients]
     with transaction.atomic():
-        updated = OutboundEmail.objects.filter(pk=email.pk, status__in=RETRYABLE).update(
-            status=Status.QUEUED, next_attempt_at=timezone.now(), recipients=recipients
+        updated = (
+            OutboundEmail.objects.filter(pk=email.pk, status__in=RETRYABLE)
+            .exclude(message_token="")
+            .update(status=Status.QUEUED, next_attempt_at=timezone.now(), recipients=recipients)
         )
         if updated:
             transaction.on_commit(enqueue_delivery)
@@ -94,3 +107,32 @@ def purge_sent(older_than: datetime.timedelta) -> int:
     cutoff = timezone.now() - older_than
     _, deleted = OutboundEmail.objects.filter(status=Status.SENT, sent_at__lt=cutoff).delete()
     return deleted.get(OutboundEmail._meta.label, 0)  # not counting their attempts
+
+
+def reencrypt_bodies(batch_size: int = 500) -> tuple[int, int]:
+    """Move every stored body to the newest key, a batch per transaction so workers keep
+    going meanwhile. Returns (re-encrypted, undecryptable)."""
+    done = unreadable = 0
+    after = 0
+    while True:
+        rows = list(
+            OutboundEmail.objects.filter(pk__gt=after)
+            .exclude(message_token="")
+            .order_by("pk")
+            .values_list("pk", "message_token")[:batch_size]
+        )
+        if not rows:
+            return done, unreadable
+        after = rows[-1][0]
+        with transaction.atomic():
+            for pk, token in rows:
+                try:
+                    rotated = keyring.reencrypt_bytes(token.encode("ascii")).decode("ascii")
+                except (keyring.Undecryptable, UnicodeError):
+                    unreadable += 1
+                    continue
+                # Only where nothing changed meanwhile: a worker may have delivered the message
+                # and dropped its body, which must stay dropped.
+                done += OutboundEmail.objects.filter(pk=pk, message_token=token).update(
+                    message_token=rotated
+                )

@@ -5,10 +5,11 @@ from django.contrib.auth.decorators import login_required, permission_required
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import filesizeformat
 from django.views.decorators.http import require_POST
 
 from . import outbox
-from .models import Category, OutboundEmail, Status
+from .models import BodyUnavailable, Category, OutboundEmail, Status
 
 VIEW = "notifications.view_outboundemail"
 MANAGE = "notifications.manage_outboundemail"
@@ -46,17 +47,29 @@ def outbox_page(request: HttpRequest) -> HttpResponse:
 @permission_required(VIEW, raise_exception=True)
 def outbox_detail(request: HttpRequest, pk: int) -> HttpResponse:
     email = get_object_or_404(OutboundEmail, pk=pk)
+    body = body_state(email)
     return render(
         request,
         "notifications/outbox_detail.html",
         {
             "email": email,
+            "body": body,
             "history": email.history.all(),
             "can_manage": request.user.has_perm(MANAGE),
-            "can_retry": email.status in outbox.RETRYABLE,
+            "can_retry": not outbox.cannot_retry(email),
             "can_cancel": email.status in outbox.CANCELLABLE,
         },
     )
+
+
+def body_state(email: OutboundEmail) -> str:
+    """What the page says about the stored body. The body itself is never shown: the link
+    in an invitation would let anyone who may view the outbox join."""
+    try:
+        size = len(email.message_bytes())
+    except BodyUnavailable as error:
+        return str(error)
+    return f"Stored encrypted ({filesizeformat(size)}); removed once delivered."
 
 
 @login_required
@@ -66,10 +79,12 @@ def outbox_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     email = get_object_or_404(OutboundEmail, pk=pk)
     if action == "retry":
         done = outbox.retry(email)
+        if not done:
+            email.refresh_from_db()  # it may have changed meanwhile
         text = (
             "It will be sent again shortly."
             if done
-            else "Only waiting or failed mail can be retried."
+            else outbox.cannot_retry(email) or "It changed meanwhile: see its status below."
         )
     elif action == "cancel":
         done = outbox.cancel(email)

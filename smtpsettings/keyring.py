@@ -1,4 +1,5 @@
-"""The keys that encrypt the SMTP password at rest (Fernet, from `cryptography`).
+"""The keys that encrypt secrets at rest (Fernet, from `cryptography`): the SMTP password, and
+the messages waiting in the outbox (which carry invitation links).
 
 With `SMTP_ENCRYPTION_KEYS` set, its first key encrypts and every key decrypts. Without it,
 keys are derived from `SECRET_KEY` and `SECRET_KEY_FALLBACKS`, so rotating the secret key
@@ -20,7 +21,18 @@ _SALT = b"gatewaymgr.smtpsettings"
 _INFO = b"smtp-password-encryption"
 
 
-class UndecryptablePassword(Exception):
+class Undecryptable(Exception):
+    """No key of the key ring decrypts a stored value."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(
+            message
+            or "The stored value cannot be decrypted with the current keys (SECRET_KEY or "
+            "SMTP_ENCRYPTION_KEYS changed since it was saved)."
+        )
+
+
+class UndecryptablePassword(Undecryptable):
     """No key of the key ring decrypts the stored password."""
 
     def __init__(self) -> None:
@@ -65,6 +77,26 @@ def decrypt(token: str) -> str:
         return key_ring().decrypt(token.encode("ascii")).decode("utf-8")
     except (InvalidToken, UnicodeError):
         raise UndecryptablePassword() from None
+
+
+def encrypt_bytes(data: bytes) -> bytes:
+    """`data` as a Fernet token (URL-safe base64, so it fits a text column as ASCII)."""
+    return key_ring().encrypt(data)
+
+
+def decrypt_bytes(token: bytes) -> bytes:
+    try:
+        return key_ring().decrypt(token)
+    except InvalidToken:
+        raise Undecryptable() from None
+
+
+def reencrypt_bytes(token: bytes) -> bytes:
+    """The same data under the newest key."""
+    try:
+        return key_ring().rotate(token)
+    except InvalidToken:
+        raise Undecryptable() from None
 
 
 def reencrypt(token: str) -> str:

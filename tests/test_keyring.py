@@ -54,3 +54,22 @@ def test_a_malformed_configured_key_is_a_clear_configuration_error(settings):
     settings.SMTP_ENCRYPTION_KEYS = ["too-short"]
     with pytest.raises(ImproperlyConfigured, match="Key 1 of SMTP_ENCRYPTION_KEYS"):
         keyring.encrypt("pw")
+
+
+def test_bytes_under_the_key_ring_round_trip_rotate_and_fail_clearly(settings):
+    old, new = keyring.generate_key(), keyring.generate_key()
+    settings.SMTP_ENCRYPTION_KEYS = [old]
+    message = b"Subject: Join\r\n\r\nhttps://console.example.com/invite/abc\r\n\x00\xff"
+    token = keyring.encrypt_bytes(message)
+    assert b"invite" not in token and token.isascii()
+    assert keyring.decrypt_bytes(token) == message
+    settings.SMTP_ENCRYPTION_KEYS = [new, old]
+    rotated = keyring.reencrypt_bytes(token)
+    settings.SMTP_ENCRYPTION_KEYS = [new]
+    assert keyring.decrypt_bytes(rotated) == message
+    with pytest.raises(keyring.Undecryptable, match="cannot be decrypted with the current keys"):
+        keyring.decrypt_bytes(token)
+    with pytest.raises(keyring.Undecryptable):
+        keyring.reencrypt_bytes(token)
+    with pytest.raises(keyring.Undecryptable):  # the password's error is one of these too
+        keyring.decrypt("not a token at all")

@@ -31,7 +31,7 @@ def test_sending_stores_the_message_and_enqueues_delivery_on_commit(settings):
     assert email.status == Status.QUEUED and email.category == "other"
     assert email.envelope_from == "gateway@example.com"
     assert email.recipients == [{"address": "bob@example.com", "status": "pending", "reply": ""}]
-    assert email.message_id.startswith("<") and email.message_id.encode() in bytes(email.data)
+    assert email.message_id.startswith("<") and email.message_id.encode() in email.message_bytes()
     assert DBTaskResult.objects.count() == 1
 
 
