@@ -44,7 +44,7 @@ def invite_one(email="bob@example.com", inviter=None, **kwargs) -> tuple[Invitat
 
 def token_in_outbox(invitation: Invitation) -> str:
     email = OutboundEmail.objects.filter(cause_id=str(invitation.pk), category="invitation").first()
-    return LINK.search(bytes(email.data).decode()).group(1)
+    return LINK.search(email.message_bytes().decode()).group(1)
 
 
 def accept_data(**overrides):
@@ -228,7 +228,7 @@ def test_resend_issues_a_new_link_and_fresh_expiry(admin_client, client):
     invitation.refresh_from_db()
     assert invitation.status == "pending"
     emails = OutboundEmail.objects.filter(cause_id=str(invitation.pk)).order_by("id")
-    new = LINK.search(bytes(emails.last().data).decode()).group(1)
+    new = LINK.search(emails.last().message_bytes().decode()).group(1)
     assert client.get(f"/invite/{old}/").status_code == 410
     assert client.get(f"/invite/{new}/").status_code == 200
 
