@@ -138,7 +138,9 @@ def gunicorn(transactional_db, tmp_path):
     log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115
     process = subprocess.Popen(
         [
-            os.path.join(os.path.dirname(sys.executable), "gunicorn"),
+            sys.executable,
+            "-m",
+            "gunicorn",
             "gatewaymgr.wsgi",
             "--bind",
             f"127.0.0.1:{port}",
