@@ -52,6 +52,25 @@ def every_value_in_the_database() -> bytes:
     return b"\n".join(values)
 
 
+def raw_outbox_files() -> bytes:
+    """What a copy of the files under the database holds for the outbox table, with every
+    change written out: SQLite's file, or PostgreSQL's table and TOAST files."""
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return raw_sqlite_files()
+    with connection.cursor() as cursor:
+        cursor.execute("CHECKPOINT")
+        cursor.execute("SHOW data_directory")
+        (directory,) = cursor.fetchone()
+        cursor.execute(
+            "SELECT pg_relation_filepath(oid), pg_relation_filepath(reltoastrelid) "
+            "FROM pg_class WHERE oid = 'notifications_outboundemail'::regclass"
+        )
+        paths = [f"{directory}/{path}" for path in cursor.fetchone() if path]
+    return subprocess.run(["cat", *paths], capture_output=True, check=True).stdout
+
+
 def contains_token(raw: bytes, token: bytes) -> bool:
     """Whether `raw` holds the token, even where a quoted-printable line break splits it: one
     of its halves is then still whole."""
@@ -121,18 +140,22 @@ def test_sqlite_file_never_holds_a_usable_invitation_link(admin_client, client, 
     (email,) = OutboundEmail.objects.values("message_token", "recipients")
     assert email["message_token"] == ""  # dropped once the server said 250
     assert email["recipients"][0]["status"] == "sent"
-    assert client.get(f"/invite/{token.decode()}/").status_code == 200  # the e-mail's link works
+    accept = client.get(f"/invite/{token.decode()}/", follow=True)  # the e-mail's link works
+    assert accept.status_code == 200 and "bob@example.com" in accept.content.decode()
 
 
 def test_no_column_of_any_table_holds_an_invitation_link(admin_client, settings):
-    """The same through SQL, so it holds on PostgreSQL too."""
+    """The same through SQL and the table's files, so it holds on PostgreSQL too."""
     settings.PUBLIC_URL = "https://console.example.com"
     with smtp_server() as server:
         point_settings_at(server.host, server.port)
         invite_bob(admin_client)
         queued = every_value_in_the_database()
+        files = raw_outbox_files()
         Courier().drain()
     token = link_token(server)
     assert b"bob@example.com" in queued, "the test must find the queued message"
+    assert b"bob@example.com" in files, "the test must find the queued message in the files"
     assert not contains_token(queued, token)
+    assert not contains_token(files, token)
     assert not contains_token(every_value_in_the_database(), token)
