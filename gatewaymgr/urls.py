@@ -17,6 +17,7 @@ urlpatterns = [
         name="invitation_action",
     ),
     path("invite/<str:token>/", views.accept_invitation, name="accept_invitation"),
+    path("invite/join/<int:pk>/", views.join_invitation, name="join_invitation"),
     path("integrations/", include("notifications.integration_urls")),
     path("events/", include("notifications.event_urls")),
     path("api/v1/", include("notifications.api_urls")),

@@ -4,6 +4,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth.decorators import login_required, permission_required
@@ -11,6 +12,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
@@ -144,8 +146,8 @@ def invitation_action(request: HttpRequest, pk: int, action: str) -> HttpRespons
 
 
 def no_referrer(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """The page's URL holds the invitation token: a browser must not pass it on as Referer,
-    neither to the static files and the page after joining nor to any other site."""
+    """For a response whose URL holds an invitation token: a browser must not pass that URL
+    on as Referer, neither to the static files nor to any other site."""
 
     @wraps(view)
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -156,13 +158,45 @@ def no_referrer(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse
     return wrapped
 
 
+def _token_cookie(pk: int) -> str:
+    return f"invitation_{pk}"  # one per invitation: two links open in two tabs do not mix
+
+
 @never_cache
 @no_referrer
-@sensitive_post_parameters("password1", "password2")
 @require_http_methods(["GET", "POST"])
 def accept_invitation(request: HttpRequest, token: str) -> HttpResponse:
+    """The link from the e-mail. Its URL holds the token, so the form lives at a URL that
+    does not: the token moves into a cookie for /invite/ only (never stored on the server) and
+    the browser is sent on, as Django's password reset does. The form's page cannot carry
+    "no-referrer" itself: browsers then send "Origin: null" with the POST, which the CSRF check
+    rightly refuses."""
     invitation = invitations.find(token)
     if invitation is None or invitation.status != InvitationStatus.PENDING:
+        return _unusable(request, invitation)
+    response = redirect("join_invitation", pk=invitation.pk)
+    response.set_cookie(
+        _token_cookie(invitation.pk),
+        token,
+        expires=invitation.expires_at,
+        path=reverse("join_invitation", args=[invitation.pk]),
+        secure=settings.SESSION_COOKIE_SECURE,
+        httponly=True,
+        samesite="Lax",
+    )
+    return response
+
+
+@never_cache
+@sensitive_post_parameters("password1", "password2")
+@require_http_methods(["GET", "POST"])
+def join_invitation(request: HttpRequest, pk: int) -> HttpResponse:
+    """The accept form, for the invitation whose link this browser opened."""
+    token = request.COOKIES.get(_token_cookie(pk), "")
+    invitation = invitations.find(token)
+    if invitation is None or invitation.pk != pk:
+        return _unusable(request, None, status="reopen")
+    if invitation.status != InvitationStatus.PENDING:
         return _unusable(request, invitation)
     if request.method == "POST":
         form = AcceptInvitationForm(invitation, request.POST)
@@ -181,7 +215,9 @@ def accept_invitation(request: HttpRequest, token: str) -> HttpResponse:
             else:
                 login(request, user, backend="django.contrib.auth.backends.ModelBackend")
                 messages.success(request, f"Welcome to Gateway Manager, {user.get_username()}.")
-                return redirect("home")
+                response = redirect("home")
+                response.delete_cookie(_token_cookie(pk), path=request.path)
+                return response
     else:
         form = AcceptInvitationForm(
             invitation,
@@ -193,11 +229,17 @@ def accept_invitation(request: HttpRequest, token: str) -> HttpResponse:
     return render(request, "invitations/accept.html", {"form": form, "invitation": invitation})
 
 
-def _unusable(request: HttpRequest, invitation: Invitation | None) -> HttpResponse:
+@no_referrer
+def _unusable(
+    request: HttpRequest, invitation: Invitation | None, status: str = ""
+) -> HttpResponse:
     """410 Gone, saying what happened to the invitation and whom to ask."""
     return render(
         request,
         "invitations/unusable.html",
-        {"invitation": invitation, "status": invitation.status if invitation else "unknown"},
+        {
+            "invitation": invitation,
+            "status": status or (invitation.status if invitation else "unknown"),
+        },
         status=410,
     )

@@ -222,16 +222,17 @@ def test_invitation_tokens_stay_out_of_the_access_log_and_the_server_log(install
     )  # fmt: skip
     with gunicorn(env, tmp_path) as base:
         opener = browser()
-        status, headers, page = fetch(
+        status, headers, _page = fetch(
             opener, f"{base}/invite/{token}/", Referer=f"{base}/invite/{referred}/?x=1"
         )
+        assert status == 302 and headers["Referrer-Policy"] == "no-referrer"
+        status, _headers, page = fetch(opener, base + headers["Location"])
         assert status == 200 and "Join Gateway Manager" in page
-        assert headers["Referrer-Policy"] == "no-referrer"
         status, headers, _page = fetch(opener, f"{base}/invite/{unknown}/")
         assert status == 410 and headers["Referrer-Policy"] == "no-referrer"
     access = (tmp_path / "access.log").read_text()
     server = (tmp_path / "server.log").read_text()
-    assert '"GET /invite/[redacted]/ HTTP/1.1" 200' in access
+    assert '"GET /invite/[redacted]/ HTTP/1.1" 302' in access
     assert f'"{base}/invite/[redacted]/?x=1"' in access  # the Referer, redacted alike
     assert '"GET /invite/[redacted]/ HTTP/1.1" 410' in access
     assert "Gone: /invite/[redacted]/" in server  # Django's warning about the 410

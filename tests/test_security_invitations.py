@@ -57,12 +57,20 @@ def invitation_for(email: str, groups: list[Group], inviter: User | None = None)
     return invitation, token
 
 
+def accept_data(**overrides: str) -> dict[str, str]:
+    return {"name": "Bob", "username": "bob", "password1": STRONG, "password2": STRONG, **overrides}
+
+
+def open_link(client, token: str) -> str:
+    """Follow the e-mail's link as a browser does; the URL of the accept form it leads to."""
+    response = client.get(f"/invite/{token}/")
+    assert response.status_code == 302
+    return response.url
+
+
 def accept(client, token: str, username: str = "bob") -> User:
     client.logout()
-    response = client.post(
-        f"/invite/{token}/",
-        {"name": "Bob", "username": username, "password1": STRONG, "password2": STRONG},
-    )
+    response = client.post(open_link(client, token), accept_data(username=username))
     assert response.status_code == 302, response.content.decode()[:2000]
     return User.objects.get(username=username)
 
@@ -207,26 +215,40 @@ def test_a_box_past_the_character_cap_is_refused_at_its_field(admin_client):
 # --- 6. The accept page leaks its token to nobody ---------------------------------------------
 
 
-def test_accept_and_gone_pages_send_no_referrer(client):
+def test_a_link_with_a_token_sends_no_referrer_and_leads_to_a_form_without_it(client):
     _invitation, token = invitation_for("bob@example.com", [])
-    page = client.get(f"/invite/{token}/")
-    assert page.status_code == 200 and page["Referrer-Policy"] == "no-referrer"
-    joined = client.post(
-        f"/invite/{token}/",
-        {"name": "Bob", "username": "bob", "password1": STRONG, "password2": STRONG},
-    )
-    assert joined.status_code == 302 and joined["Referrer-Policy"] == "no-referrer"
-    gone = client.get(f"/invite/{token}/")
-    assert gone.status_code == 410 and gone["Referrer-Policy"] == "no-referrer"
-    assert client.get("/invite/not-a-token/")["Referrer-Policy"] == "no-referrer"
+    link = client.get(f"/invite/{token}/")
+    assert link.status_code == 302 and link["Referrer-Policy"] == "no-referrer"
+    assert token not in link.url  # the form's URL, and so any Referer from it, has no token
+    cookie = link.cookies[next(iter(link.cookies))]
+    assert cookie.value == token and cookie["httponly"] and cookie["path"] == link.url
+    assert client.get(link.url).status_code == 200
+    joined = client.post(link.url, accept_data())
+    assert joined.status_code == 302 and joined.cookies[cookie.key].value == ""  # deleted
+    for gone in (client.get(f"/invite/{token}/"), client.get("/invite/not-a-token/")):
+        assert gone.status_code == 410 and gone["Referrer-Policy"] == "no-referrer"
+
+
+def test_the_accept_form_without_the_links_cookie_asks_to_open_the_link_again(client):
+    invitation, token = invitation_for("bob@example.com", [])
+    _other, other_token = invitation_for("carol@example.com", [])
+    response = client.post(f"/invite/join/{invitation.pk}/", accept_data())  # no cookie
+    assert response.status_code == 410
+    assert "Open the invitation link again" in response.content.decode()
+    client.cookies[f"invitation_{invitation.pk}"] = other_token  # another invitation's token
+    assert client.post(f"/invite/join/{invitation.pk}/", accept_data()).status_code == 410
+    assert not User.objects.exists()
+    client.post(open_link(client, token), accept_data())  # two links, two tabs: each its own
+    client.post(open_link(client, other_token), accept_data(username="carol"))
+    assert sorted(User.objects.values_list("email", "username")) == [
+        ("bob@example.com", "bob"),
+        ("carol@example.com", "carol"),
+    ]
 
 
 def test_the_accept_pages_password_is_hidden_from_error_reports(client):
     _invitation, token = invitation_for("bob@example.com", [])
-    response = client.post(
-        f"/invite/{token}/",
-        {"name": "Bob", "username": "bob", "password1": STRONG, "password2": "other"},
-    )
+    response = client.post(open_link(client, token), accept_data(password2="other"))
     assert response.status_code == 200
     hidden = response.wsgi_request.sensitive_post_parameters
     assert {"password1", "password2"} <= set(hidden)
