@@ -67,6 +67,7 @@ def test_the_lockout_message_says_when_to_try_again(client, bob):
         response = sign_in(client, "bob", "pw", ATTACKER)
     assert response.status_code == 429
     assert "Try again after 22:15 UTC" in response.content.decode()
+    assert response["Retry-After"] == "900"
 
 
 def test_fewer_failures_than_the_limit_still_sign_in(client, bob):
