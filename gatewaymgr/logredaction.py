@@ -14,7 +14,8 @@ import re
 REDACTED = "[redacted]"
 # The token after "invite/", also where the path is percent-encoded inside a query string
 # (?next=%2Finvite%2F…). A token is URL-safe base64; everything up to the next delimiter goes.
-_TOKEN = re.compile(r"(?i)(invite(?:/|%2F))[^/?&#\s\"%]+")
+# /invite/join/<id>/, the accept form, holds no secret.
+_TOKEN = re.compile(r"(?i)(invite(?:/|%2F))(?!join(?:/|%2F))[^/?&#\s\"%]+")
 
 
 def redact(text: str) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from gatewaymgr.logredaction import redact
 from tests.smtpservers import free_port
 from tests.workers import wait_until
 
@@ -238,3 +239,19 @@ def test_invitation_tokens_stay_out_of_the_access_log_and_the_server_log(install
     assert "Gone: /invite/[redacted]/" in server  # Django's warning about the 410
     for secret in (token, referred, unknown):
         assert secret not in access and secret not in server
+
+
+@pytest.mark.parametrize(
+    ("logged", "redacted"),
+    [
+        ("GET /invite/abc_DEF-123/ HTTP/1.1", "GET /invite/[redacted]/ HTTP/1.1"),
+        ("GET /invite/abc_DEF-123 HTTP/1.1", "GET /invite/[redacted] HTTP/1.1"),
+        ("/login/?next=%2Finvite%2Fabc_DEF-123%2F", "/login/?next=%2Finvite%2F[redacted]%2F"),
+        ("https://x.example/invite/abc?y=1", "https://x.example/invite/[redacted]?y=1"),
+        ("GET /invite/join/42/ HTTP/1.1", "GET /invite/join/42/ HTTP/1.1"),
+        ("GET /invite/joined/ HTTP/1.1", "GET /invite/[redacted]/ HTTP/1.1"),
+        ("GET /users/ HTTP/1.1", "GET /users/ HTTP/1.1"),
+    ],
+)
+def test_redact_takes_the_token_out_of_any_logged_text(logged, redacted):
+    assert redact(logged) == redacted
