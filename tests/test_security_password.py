@@ -146,9 +146,7 @@ def fake_server_with_saved_password(client, attack: Attack):
 
 
 @pytest.mark.parametrize("name", list(attacks()))
-def test_send_test_email_with_weakened_values_never_sends_the_stored_password(
-    admin_client, name
-):
+def test_send_test_email_with_weakened_values_never_sends_the_stored_password(admin_client, name):
     attack = attacks()[name]
     with fake_server_with_saved_password(admin_client, attack) as (server, base):
         html = run_test(admin_client, {**base, **attack.edit})
