@@ -10,7 +10,6 @@ sealed anew. Pure: no I/O.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import astuple, dataclass
 
 from .certificates import InvalidCertificate, parse_pem_bundle
@@ -80,7 +79,3 @@ def loosened(old: Binding, new: Binding) -> list[str]:
             "the certificate fingerprint pin changed" if new.pin else "the pin was removed"
         )
     return reasons
-
-
-def seal_payload(binding: Binding, password: str) -> str:
-    return json.dumps({"binding": binding.encode(), "password": password})

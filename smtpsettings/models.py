@@ -7,7 +7,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from . import keyring
-from .binding import Binding, binding_of, seal_payload
+from .binding import Binding, binding_of
 from .options import OptionsError, SmtpOptions, parse_options
 from .plan import ConnectionPlan, Encryption, SmtpConfig, plan
 
@@ -37,11 +37,31 @@ HELP = {
 }
 
 
+class AuthMethod(models.TextChoices):
+    NONE = "none", "None"
+    PASSWORD = "password", "Password"
+    OAUTH2 = "oauth2", "OAuth 2.0"
+
+
+class OAuthProvider(models.TextChoices):
+    MICROSOFT = "microsoft", "Microsoft 365"
+    GOOGLE = "google", "Google Workspace"
+    OTHER = "other", "Other provider"
+
+
 class PasswordState(models.TextChoices):
     NOT_SET = "not set"
     SET = "set"
     UNREADABLE = "unreadable"  # no key decrypts it
     OTHER_SERVER = "for other settings"  # sealed for another server or way of verifying it
+
+
+# The stored secrets: each is sealed for the settings it was entered with (see binding.py).
+SECRETS = {
+    "password_token": "Password",
+    "oauth_credential_token": "OAuth 2.0 credential",
+    "client_key_token": "Client certificate key",
+}
 
 
 class WrongServerPassword(Exception):
@@ -74,8 +94,28 @@ class SmtpSettings(models.Model):
         help_text=HELP["encryption"],
     )
     username = models.CharField("user", max_length=254, blank=True, help_text=HELP["username"])
-    # A Fernet token of {"server": ..., "password": ...}; never a readable password.
+    # How to sign in. Password with a blank user signs in to nothing, as the help page says.
+    auth_method = models.CharField(
+        "authentication", max_length=10, choices=AuthMethod.choices, default=AuthMethod.PASSWORD
+    )
+    # A Fernet token of {"binding": [...], "password": ...}; never a readable password.
     password_token = models.TextField(blank=True, editable=False)
+    oauth_provider = models.CharField(
+        "OAuth 2.0 provider", max_length=10, choices=OAuthProvider.choices, blank=True
+    )
+    oauth_tenant = models.CharField("tenant ID or domain", max_length=200, blank=True)
+    oauth_client_id = models.CharField("client ID", max_length=200, blank=True)
+    oauth_token_url = models.CharField("token URL", max_length=500, blank=True)
+    oauth_scope = models.CharField("scope", max_length=500, blank=True)
+    # A Fernet token of {"binding": [...], "kind": ..., "value": ...}: the client secret, the
+    # certificate with its private key, the service-account key or the refresh token.
+    oauth_credential_token = models.TextField(blank=True, editable=False)
+    # What may be shown of that credential: its kind, a certificate's subject, expiry and
+    # thumbprint, a service account's e-mail and key ID; never the secret.
+    oauth_credential_info = models.JSONField(default=dict, blank=True, editable=False)
+    # A TLS client certificate (PEM, public) and its private key, sealed like the password.
+    client_certificate = models.TextField(blank=True, editable=False)
+    client_key_token = models.TextField(blank=True, editable=False)
     options = models.JSONField(
         "options (json)", default=dict, blank=True, help_text=HELP["options"]
     )
@@ -103,35 +143,53 @@ class SmtpSettings(models.Model):
             return None
         return binding_of(plan) if plan else None
 
-    def seal_password(self, password: str) -> None:
+    def oauth_endpoint(self) -> list[str]:
+        """Besides the server, what an OAuth credential is bound to: where tokens come from
+        and for whom."""
+        return [self.oauth_provider, self.oauth_tenant, self.oauth_token_url, self.oauth_client_id]
+
+    def _extra_binding(self, field: str) -> list[str]:
+        return self.oauth_endpoint() if field == "oauth_credential_token" else []
+
+    def seal_secret(self, field: str, value: object) -> None:
+        """Store `value` in the secret `field` (one of SECRETS), sealed for these settings."""
         binding = self.binding()
         if binding is None:
-            raise ValueError("A password can only be sealed for settings that make a plan.")
-        self.password_token = keyring.encrypt(seal_payload(binding, password))
+            raise ValueError("A secret can only be sealed for settings that make a plan.")
+        payload = {"binding": binding.encode(), "extra": self._extra_binding(field)}
+        setattr(self, field, keyring.encrypt(json.dumps({**payload, "value": value})))
 
-    def _unseal(self) -> tuple[Binding | None, str]:
-        payload = json.loads(keyring.decrypt(self.password_token))
-        return Binding.decode(payload.get("binding")), payload["password"]
+    def unseal_secret(self, field: str) -> tuple[Binding | None, list, object]:
+        """(binding, extra binding, value) as sealed. Raises if no key decrypts it."""
+        payload = json.loads(keyring.decrypt(getattr(self, field)))
+        value = payload["value"] if "value" in payload else payload.get("password", "")
+        return Binding.decode(payload.get("binding")), payload.get("extra", []), value
+
+    def reveal_secret(self, field: str) -> object:
+        """The secret, only for the moment it is used. Raises if unreadable, or sealed for
+        settings other than these."""
+        if not getattr(self, field):
+            return ""
+        sealed, extra, value = self.unseal_secret(field)
+        if sealed is None or sealed != self.binding() or extra != self._extra_binding(field):
+            raise WrongServerPassword()
+        return value
+
+    def seal_password(self, password: str) -> None:
+        self.seal_secret("password_token", password)
 
     def sealed_binding(self) -> Binding | None:
         """The binding the stored password was sealed for. Raises if unreadable."""
-        return self._unseal()[0] if self.password_token else None
+        return self.unseal_secret("password_token")[0] if self.password_token else None
 
     def reveal_password(self) -> str:
-        """The plain password, only for the moment of signing in. Raises if unreadable or
-        sealed for a binding other than these settings' own."""
-        if not self.password_token:
-            return ""
-        sealed, password = self._unseal()
-        if sealed is None or sealed != self.binding():
-            raise WrongServerPassword()
-        return password
+        """The plain password, only for the moment of signing in."""
+        return str(self.reveal_secret("password_token"))
 
-    def reseal_password(self) -> None:
-        """Seal the stored password for these settings' binding; only after `loosened()`
-        found nothing weaker."""
-        _, password = self._unseal()
-        self.seal_password(password)
+    def reseal_secret(self, field: str) -> None:
+        """Seal a stored secret for these settings' binding; only after `loosened()` found
+        nothing weaker."""
+        self.seal_secret(field, self.unseal_secret(field)[2])
 
     @property
     def password_state(self) -> PasswordState:
@@ -163,6 +221,20 @@ class SmtpSettings(models.Model):
         if not self.host:
             return None
         return plan(self.config())
+
+
+class OAuthAccessToken(models.Model):
+    """The access token every worker shares, one row per credential binding. Workers refresh
+    it one at a time under the row's lock (single flight); the token is sealed at rest."""
+
+    key = models.CharField(max_length=64, unique=True)  # SHA-256 of the credential binding
+    token = models.TextField(blank=True)  # Fernet token of the access token
+    expires_at = models.DateTimeField(null=True)
+    scope = models.CharField(max_length=500, blank=True)
+    fetched_at = models.DateTimeField(null=True)
+
+    def __str__(self) -> str:
+        return f"OAuth access token {self.key[:12]}…"
 
 
 class SmtpSettingsChange(models.Model):

@@ -13,7 +13,7 @@ from django.utils import timezone
 from .binding import loosened
 from .certificates import InvalidCertificate, parse_pem_bundle
 from .keyring import UndecryptablePassword
-from .models import SmtpSettings, SmtpSettingsChange
+from .models import SECRETS, SmtpSettings, SmtpSettingsChange
 from .signals import settings_saved
 
 # The fields an administrator edits, in page order, with the labels the history shows.
@@ -44,6 +44,8 @@ class SaveResult:
     changes: list[dict[str, str]] = field(default_factory=list)
     # Why the stored password was dropped: what this save loosened, with no password entered.
     password_dropped: list[str] = field(default_factory=list)
+    # The same for the other stored secrets: label -> what was loosened.
+    secrets_dropped: dict[str, list[str]] = field(default_factory=dict)
 
 
 def save(
@@ -72,12 +74,25 @@ def save(
         settings.seal_password(new_password)
         password_change = ("set", "replaced") if had_password else ("not set", "set")
     elif had_password:
-        result.password_dropped = _rebind_password(settings)
+        result.password_dropped = rebind_secret(settings, "password_token")
         if result.password_dropped:
             password_change = ("set", "removed: " + "; ".join(result.password_dropped))
     if password_change:
         old, new = password_change
         result.changes.append({"field": "password", "label": "Password", "old": old, "new": new})
+    for secret, label in SECRETS.items():
+        if secret != "password_token" and getattr(settings, secret):
+            reasons = rebind_secret(settings, secret)
+            if reasons:
+                result.secrets_dropped[label] = reasons
+                result.changes.append(
+                    {
+                        "field": secret,
+                        "label": label,
+                        "old": "set",
+                        "new": "removed: " + "; ".join(reasons),
+                    }
+                )
     if not result.changes:
         return result
     settings.updated_at = timezone.now()
@@ -101,25 +116,27 @@ def save(
     return result
 
 
-def _rebind_password(settings: SmtpSettings) -> list[str]:
-    """Keep the stored password only if the new settings loosen nothing it was bound to, and
-    seal it for them; otherwise drop it. Returns what was loosened."""
+def rebind_secret(settings: SmtpSettings, field: str) -> list[str]:
+    """Keep a stored secret only if the new settings loosen nothing it was bound to, and seal
+    it for them; otherwise drop it. Returns what was loosened."""
     try:
-        sealed = settings.sealed_binding()
+        sealed, extra, _ = settings.unseal_secret(field)
     except UndecryptablePassword:
         return []  # kept as it is: the page already asks for it again
     current = settings.binding()
-    if sealed == current:
+    if sealed == current and extra == settings._extra_binding(field):
         return []
     reasons = ["it was sealed by an older version"] if sealed is None else []
     if current is None:
         reasons.append("the settings make no connection plan")
     elif sealed is not None:
         reasons = loosened(sealed, current)
+    if extra != settings._extra_binding(field):
+        reasons.append("the provider, tenant, token URL or client ID changed")
     if reasons:
-        settings.password_token = ""
+        setattr(settings, field, "")
     else:
-        settings.reseal_password()
+        settings.reseal_secret(field)
     return reasons
 
 
