@@ -122,6 +122,10 @@ OUTBOX_LEASE_SECONDS = env.int("OUTBOX_LEASE_SECONDS", default=600)
 OUTBOX_BATCH_SIZE = env.int("OUTBOX_BATCH_SIZE", default=100)
 OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=30)
 API_RATE_LIMIT = env.str("API_RATE_LIMIT", default="120/minute")  # per token; see ratelimit.py
+# Where Microsoft 365 tokens come from (smtpsettings/oauth.py); tests point it at a local one.
+OAUTH_MICROSOFT_AUTHORITY = env.str(
+    "OAUTH_MICROSOFT_AUTHORITY", default="https://login.microsoftonline.com"
+)
 
 # Tasks: the database backend and its worker (manage.py db_worker) by default; past one
 # machine, TASKS_BACKEND=rq with REDIS_URL and RQ workers (manage.py rqworker) anywhere.
