@@ -24,10 +24,13 @@ from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.message import sanitize_address
 
 from . import store
+from .auth import Authenticator, NoSignIn, PasswordAuthenticator, XOAuth2Authenticator
 from .keyring import UndecryptablePassword
 from .models import SmtpSettings, WrongServerPassword
 from .options import OptionsError
+from .plan import ConnectionPlan
 from .problems import SmtpProblem, policy_problem
+from .tokencache import SharedTokens
 from .transport import SmtpTransport
 
 log = logging.getLogger(__name__)
@@ -59,14 +62,32 @@ def transport_for(record: SmtpSettings, **kwargs) -> SmtpTransport:
             "No SMTP server is configured: fill in Server on Settings -> SMTP.",
             kind="settings",
         )
+    return SmtpTransport(plan, authenticator=authenticator_for(record, plan), **kwargs)
+
+
+def authenticator_for(record: SmtpSettings, plan: ConnectionPlan) -> Authenticator | None:
+    """How to sign in, as the record's Authentication says."""
+    if record.auth_method == "none":
+        return NoSignIn()
+    if record.auth_method == "oauth2":
+        if not plan.username:
+            raise policy_problem(
+                "settings",
+                "OAuth 2.0 signs in as a mailbox: enter the mailbox to send as in User.",
+                kind="settings",
+            )
+        tokens = SharedTokens(record, timeout=plan.options.timeout)
+        return XOAuth2Authenticator(plan.username, tokens)
+    if not plan.username:
+        return None  # a blank user signs in to nothing, as the help text says
     missing = ""
     try:
-        password = record.reveal_password() if plan.username else ""
+        password = record.reveal_password()
     except UndecryptablePassword as error:
         raise policy_problem("settings", str(error), kind="password-unreadable") from None
     except WrongServerPassword as error:
         password, missing = "", f"No password is stored for these values. {error}"
-    if plan.username and not password and not missing:
+    if not password and not missing:
         # Signing in with an empty password would fail as "wrong credentials", which blames
         # the wrong thing.
         missing = (
@@ -74,7 +95,7 @@ def transport_for(record: SmtpSettings, **kwargs) -> SmtpTransport:
             f"{plan.username}. Enter the password on Settings -> SMTP, or clear User if the "
             "server needs no sign-in."
         )
-    return SmtpTransport(plan, password, missing_password=missing, **kwargs)
+    return PasswordAuthenticator(plan.username, password, missing=missing)
 
 
 def sender_of(record: SmtpSettings) -> str:

@@ -11,6 +11,7 @@ of failing. A 5xx reply to the message itself (MAIL, RCPT, DATA) is permanent.
 
 from __future__ import annotations
 
+import re
 import smtplib
 import socket
 import ssl
@@ -122,12 +123,16 @@ def explain(
         )
     if isinstance(error, TimeoutError | socket.timeout):
         return _timeout(step, plan, where)
+    if alert := client_certificate_alert(error):
+        return _client_certificate_refused(step, alert, plan)
     if isinstance(error, ssl.SSLCertVerificationError):
         return _untrusted(step, error, plan, certificate)
     if isinstance(error, ssl.SSLError):
         return _tls_failure(step, error, plan, where)
     if isinstance(error, smtplib.SMTPServerDisconnected):
         return _disconnected(step, plan, where, error)
+    if reply and reply[0] >= 400 and "certificate" in reply[1].lower():
+        return _client_certificate_reply(step, reply, plan)
     if isinstance(error, smtplib.SMTPAuthenticationError):
         return SmtpProblem(
             step,
@@ -358,8 +363,313 @@ def not_the_trusted_certificate(actual: CertificateInfo | None, pem: str) -> Smt
     )
 
 
+# -- TLS client certificates ----------------------------------------------------------------
+
+# The TLS alerts a server sends about the client's certificate (OpenSSL's names for them
+# received), in the words of RFC 8446.
+CLIENT_CERTIFICATE_ALERTS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "certificate required",
+    "TLSV1_ALERT_UNKNOWN_CA": "unknown CA",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "bad certificate",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "unsupported certificate",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED": "certificate revoked",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "certificate expired",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "certificate unknown",
+    "TLSV1_ALERT_ACCESS_DENIED": "access denied",
+}
+
+
+def client_certificate_alert(error: BaseException) -> str | None:
+    """The client-certificate alert behind `error`, if any. With TLS 1.3 the server's verdict
+    arrives after the handshake, at the first read, where smtplib turns the SSLError into
+    SMTPServerDisconnected: the alert is then its context, or named in its text."""
+    for candidate in (error, error.__cause__, error.__context__):
+        reason = getattr(candidate, "reason", None)
+        if isinstance(candidate, ssl.SSLError) and reason in CLIENT_CERTIFICATE_ALERTS:
+            return reason
+    if isinstance(error, smtplib.SMTPServerDisconnected):
+        return next((r for r in CLIENT_CERTIFICATE_ALERTS if r in str(error)), None)
+    return None
+
+
+def _which_client_certificate(info: CertificateInfo) -> str:
+    return (
+        f"the client certificate {info.subject} (issuer {info.issuer}, valid until "
+        f"{info.not_after:%Y-%m-%d}, SHA-256 {info.sha256})"
+    )
+
+
+_NO_CLIENT_CERTIFICATE = (
+    "Add the client certificate and its private key that the server's administrator issued "
+    "for this gateway (Settings -> SMTP, or manage.py smtp_settings set --client-certificate "
+    "FILE)."
+)
+
+
+def _client_certificate_refused(step: str, alert: str, plan: ConnectionPlan) -> SmtpProblem:
+    said = CLIENT_CERTIFICATE_ALERTS[alert]
+    info = plan.client_certificate_info
+    if info is None:
+        advice = (
+            "The server requires a TLS client certificate (it answered with the TLS alert "
+            f'"{said}"), and none is configured. ' + _NO_CLIENT_CERTIFICATE
+        )
+        kind = "client-certificate-required"
+    else:
+        which = _which_client_certificate(info)
+        if said == "unknown CA":
+            what = (
+                f"The server does not trust the authority that issued {which}. Ask the server's "
+                f"administrator to trust {info.issuer} for client certificates (Postfix: "
+                "smtpd_tls_CAfile), or use a client certificate that the server's CA issued."
+            )
+        elif said == "certificate expired":
+            what = f"The server says that {which} has expired. Renew it and upload the new one."
+        elif said == "certificate revoked":
+            what = f"The server says that {which} was revoked. Ask its issuer for a new one."
+        elif said == "access denied":
+            what = (
+                f"The server recognised {which} but does not allow it to send. Ask the "
+                "server's administrator to allow it (by its SHA-256 fingerprint)."
+            )
+        else:
+            what = (
+                f"The server refused {which}. It may not be valid for TLS client "
+                "authentication, or the server cannot complete its chain: upload it with its "
+                "intermediate certificates, or ask the server's administrator what it expects."
+            )
+        advice = f'{what} (TLS alert "{said}")'
+        kind = "client-certificate-refused"
+    return SmtpProblem(step, advice, kind=kind, reply=(0, f"TLS alert: {said}"), temporary=True)
+
+
+def _client_certificate_reply(
+    step: str, reply: tuple[int, str], plan: ConnectionPlan
+) -> SmtpProblem:
+    """A 4xx or 5xx that names a certificate: a server that checks client certificates after
+    the handshake (Postfix's smtpd_tls_req_ccert) answers so."""
+    info = plan.client_certificate_info
+    if info is None:
+        advice = (
+            "The server refused to go on without a trusted TLS client certificate, and none "
+            "is configured. " + _NO_CLIENT_CERTIFICATE
+        )
+    else:
+        advice = (
+            f"The server refused to go on with {_which_client_certificate(info)}: it does not "
+            "trust it. Ask the server's administrator to trust its issuer or this certificate, "
+            "or upload one the server trusts."
+        )
+    permanent = reply[0] >= 500 and step in ("mail", "rcpt", "data")
+    return SmtpProblem(
+        step, advice, kind="client-certificate-refused", reply=reply, temporary=not permanent
+    )
+
+
+def client_key_problem(plan: ConnectionPlan, *, unreadable: bool) -> SmtpProblem:
+    """The client certificate is configured, but its private key cannot be used."""
+    info = plan.client_certificate_info
+    name = info.subject if info else "(unreadable)"
+    if unreadable:
+        why = (
+            "cannot be decrypted with this machine's keys (SMTP_ENCRYPTION_KEYS or SECRET_KEY "
+            "changed)"
+        )
+    else:
+        why = (
+            "is not stored for these settings (it is removed when the server, user or the way "
+            "the server is verified changes)"
+        )
+    return policy_problem(
+        "settings",
+        f"The private key of the client certificate {name} {why}, so the certificate cannot "
+        "be presented. Upload the certificate with its key again (Settings -> SMTP, or "
+        "manage.py smtp_settings set --client-certificate FILE), or remove the client "
+        "certificate (--clear-client-certificate).",
+        kind="client-key-unreadable" if unreadable else "client-key-missing",
+    )
+
+
+def client_certificate_unusable(certificate_pem: str, error: BaseException) -> SmtpProblem:
+    """The stored certificate and key cannot be loaded together."""
+    return policy_problem(
+        "settings",
+        "The stored client certificate and its private key cannot be used together "
+        f"({printable(str(error)) or type(error).__name__}). Upload the certificate with its "
+        "key again.",
+        kind="client-certificate-unusable",
+    )
+
+
 def policy_problem(
     step: str, advice: str, *, kind: str, reply: tuple[int, str] | None = None
 ) -> SmtpProblem:
     """A refusal of our own making (STARTTLS missing, password would leak, AUTH missing)."""
     return SmtpProblem(step, advice, kind=kind, reply=reply, temporary=True)
+
+
+# -- OAuth 2.0 ------------------------------------------------------------------------------
+# What a provider's token endpoint answers, in words: (meaning, what to do). Microsoft's codes
+# are the AADSTS number in error_description; the others are RFC 6749 error codes, which
+# Google uses with its own descriptions.
+TOKEN_ERRORS: dict[str, tuple[str, str]] = {
+    "AADSTS7000215": (
+        "the client secret is wrong",
+        "Paste the secret's Value (not its Secret ID) from Microsoft Entra admin center -> "
+        "App registrations -> the app -> Certificates & secrets, or create a new secret there.",
+    ),
+    "AADSTS7000222": (
+        "the client secret has expired",
+        "Create a new client secret under App registrations -> the app -> Certificates & "
+        "secrets, paste its Value here, and delete the expired one.",
+    ),
+    "AADSTS700016": (
+        "no application with this client ID exists in this tenant",
+        "Check Client ID (the app's Application (client) ID) and Tenant: the app must be "
+        "registered in, or consented to by, this tenant.",
+    ),
+    "AADSTS90002": (
+        "the tenant was not found",
+        "Check Tenant: enter the Directory (tenant) ID or a verified domain such as "
+        "contoso.onmicrosoft.com.",
+    ),
+    "AADSTS700027": (
+        "the certificate's signed assertion was refused: the certificate is not registered "
+        "on the app, or the key does not match it, or it has expired",
+        "Upload this certificate (its public part) under App registrations -> the app -> "
+        "Certificates & secrets -> Certificates, and check that the thumbprint shown there "
+        "matches the one shown here.",
+    ),
+    "unauthorized_client": (
+        "the client may not get tokens this way or for this scope",
+        "For Google: in the Admin console, Security -> Access and data control -> API "
+        "controls -> Manage Domain Wide Delegation, add the service account's client ID with "
+        "the scope https://mail.google.com/. For other providers: allow this grant type for "
+        "the client.",
+    ),
+    "invalid_grant": (
+        "the grant was refused: the mailbox (subject) is not a user of this domain, the "
+        "refresh token was revoked or has expired, or this machine's clock is wrong",
+        "Check the mailbox in User (it must be a user of the Workspace domain), enter a new "
+        "refresh token if it was revoked, and check that this machine's clock is right (NTP).",
+    ),
+    "invalid_client": (
+        "the client was not recognised, or its secret or key was refused",
+        "Check Client ID and the credential; the secret or key may have been deleted or "
+        "replaced at the provider.",
+    ),
+    "invalid_scope": (
+        "the scope is not valid for this client",
+        "Check Scope: Microsoft 365 needs https://outlook.office365.com/.default, Google "
+        "https://mail.google.com/.",
+    ),
+    "invalid_request": (
+        "the provider found the request malformed",
+        "Check Tenant, Client ID, Token URL and Scope for stray characters.",
+    ),
+    "unsupported_grant_type": (
+        "the provider does not support this kind of credential",
+        "Use a credential the provider supports (a client secret or a refresh token).",
+    ),
+}
+# Errors a provider sends while it is briefly unable to answer: try again later.
+TEMPORARY_TOKEN_ERRORS = {"temporarily_unavailable", "server_error", "slow_down"}
+
+
+def token_error_code(error: str, description: str) -> str:
+    """The most specific known code: Microsoft's AADSTS number, else the OAuth error."""
+    match = re.search(r"\bAADSTS\d+", description or "")
+    if match and match.group() in TOKEN_ERRORS:
+        return match.group()
+    return error
+
+
+def token_problem(
+    endpoint: str, status: int, error: str, description: str, *, provider: str = ""
+) -> SmtpProblem:
+    """A token endpoint's refusal, with the provider's code, its meaning and what to do.
+    Refused credentials are permanent: no retry fixes them. The provider's error code and
+    description stay in the server-reply part, never the request."""
+    code = token_error_code(error, description)
+    reply = (status, printable(" ".join(f"{error}: {description}".split()))[:600])
+    if error in TEMPORARY_TOKEN_ERRORS:
+        return SmtpProblem(
+            "token",
+            f"The token endpoint {endpoint} is temporarily unable to issue a token ({error}); "
+            "the message will be retried.",
+            kind="token-unavailable",
+            reply=reply,
+            temporary=True,
+        )
+    meaning, advice = TOKEN_ERRORS.get(
+        code,
+        (
+            "the provider refused to issue a token",
+            "Check Tenant, Client ID, the credential and Scope against the provider's app "
+            "registration.",
+        ),
+    )
+    return SmtpProblem(
+        "token",
+        f"The token endpoint {endpoint} refused to issue a token: {code} means {meaning}. "
+        + advice,
+        kind=f"token-{code}" if code in TOKEN_ERRORS else "token-refused",
+        reply=reply,
+        temporary=False,
+    )
+
+
+def token_unreachable(
+    endpoint: str, reason: str, *, kind: str = "token-unreachable"
+) -> SmtpProblem:
+    """The token endpoint is down, slow, or answered 5xx: mail waits and is retried."""
+    return SmtpProblem(
+        "token",
+        f"No token from {endpoint}: {reason}. The message will be retried; if this persists, "
+        "check that this machine reaches the provider (firewall, proxy, DNS).",
+        kind=kind,
+        reply=(0, reason),
+        temporary=True,
+    )
+
+
+def token_refused(
+    reply: tuple[int, str], mailbox: str, provider: str, *, retried: bool
+) -> SmtpProblem:
+    """The SMTP server refused AUTH XOAUTH2 with a token the provider had just issued: the
+    token is fine, the mailbox's or the app's permissions are not. Like a refused password,
+    mail waits for the administrator's fix."""
+    code, text = reply
+    if "5.7.139" in text:
+        advice = (
+            f"Microsoft 365 has SMTP AUTH turned off for the organisation or for {mailbox}. "
+            "Turn on Authenticated SMTP for the mailbox (Microsoft 365 admin center -> Active "
+            "users -> the mailbox -> Mail -> Manage email apps), or for the organisation "
+            "(Set-TransportConfig -SmtpClientAuthenticationDisabled $false; for one mailbox: "
+            f"Set-CASMailbox -Identity {mailbox} -SmtpClientAuthenticationDisabled $false)."
+        )
+        kind = "smtp-auth-disabled"
+    elif "5.7.3" in text:
+        advice = (
+            f"Microsoft 365 accepted the token but not for {mailbox}: the app's service "
+            "principal is not registered in Exchange Online (New-ServicePrincipal), it has no "
+            "permission on the mailbox (Add-MailboxPermission -AccessRights FullAccess), or the "
+            "app lacks the SMTP.SendAsApp permission with admin consent."
+        )
+        kind = "token-not-authorised"
+    elif "5.7.8" in text or provider == "google":
+        advice = (
+            f"Google refused the token for {mailbox}: User must be the mailbox the service "
+            "account acts for (the subject of domain-wide delegation), a Gmail user of the "
+            "Workspace domain, and the delegation must include https://mail.google.com/."
+        )
+        kind = "token-not-authorised"
+    else:
+        advice = (
+            f"The server refused the OAuth 2.0 token for {mailbox}. Check that User is the "
+            "mailbox the token may send as, and that the token's scope covers SMTP."
+        )
+        kind = "token-not-authorised"
+    if retried:
+        advice += " The cached token was refused, and a new one was fetched and refused too."
+    return SmtpProblem("auth", advice, kind=kind, reply=(code, text), temporary=True)

@@ -21,8 +21,9 @@ from django.core.mail.utils import DNS_NAME
 
 from gatewaymgr.untrusted import printable
 
+from .auth import Authenticator, PasswordAuthenticator
 from .certificates import CertificateInfo, der_to_pem, describe_der, exact_certificates
-from .hostnames import is_loopback, parse_ip
+from .hostnames import parse_ip
 from .plan import ConnectionPlan, Security
 from .problems import (
     SmtpProblem,
@@ -31,10 +32,13 @@ from .problems import (
     not_the_trusted_certificate,
     policy_problem,
 )
-from .tls import build_context, fingerprint_matches
+from .tls import (
+    asked_for_certificate,
+    build_context,
+    client_certificate_note,
+    fingerprint_matches,
+)
 
-# smtplib tries these in this order too; CRAM-MD5 first because it never sends the password.
-AUTH_MECHANISMS = ("CRAM-MD5", "PLAIN", "LOGIN")
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 
 Refusals = dict[str, tuple[int, str]]
@@ -47,6 +51,8 @@ STEP_LABELS = {
     "greeting": "Greeting",
     "ehlo": "EHLO",
     "starttls": "STARTTLS",
+    "client-certificate": "Client certificate",
+    "token": "Token",
     "auth": "AUTH",
     "mail": "MAIL FROM",
     "rcpt": "RCPT TO",
@@ -124,30 +130,35 @@ class SmtpTransport:
         plan: ConnectionPlan,
         password: str = "",
         *,
+        authenticator: Authenticator | None = None,
+        client_key: str = "",  # the client certificate's private key (PEM), if it has one
         observer: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        missing_password: str = "",
     ):
         self.plan = plan
-        self._password = password
-        # Why there is no password to sign in with: the connection still runs up to AUTH, so
-        # a test shows the TLS steps, then stops with this instead of blaming the credentials.
-        self._missing_password = missing_password
+        # How to sign in (auth.py); a user name alone means the password, as it always did.
+        if authenticator is None and plan.username:
+            authenticator = PasswordAuthenticator(plan.username, password)
+        self._authenticator = authenticator
         self._observer = observer
         self._clock = clock
         self._sleep = sleep
-        self._context = build_context(plan) if plan.encrypted else None
+        # The client key goes into the TLS context and is not kept anywhere else.
+        self._context = build_context(plan, client_key=client_key) if plan.encrypted else None
         self._ehlo_name = ehlo_name(plan.options.local_domain)
         self._smtp: smtplib.SMTP | None = None
         self._sent_on_connection = 0
         self._last_activity = 0.0
         self._last_send: float | None = None
-        self.auth_mechanism = ""
 
     def __repr__(self) -> str:
         state = "open" if self._smtp else "closed"
         return f"<SmtpTransport {self.plan.host}:{self.plan.port} {state}>"
+
+    @property
+    def auth_mechanism(self) -> str:
+        return self._authenticator.mechanism if self._authenticator else ""
 
     @property
     def is_open(self) -> bool:
@@ -207,6 +218,7 @@ class SmtpTransport:
                 step.reply = f"{code} {_text(reply)}"
                 if code != 220:
                     raise smtplib.SMTPConnectError(code, reply)
+            self._report_client_certificate(smtp.sock)
             self._hello(smtp)
             if plan.security is Security.STARTTLS:
                 with self._step("starttls") as step:
@@ -223,9 +235,9 @@ class SmtpTransport:
                     step.reply = f"{code} {_text(reply)}"
                     self._check_peer(smtp.sock, step)
                 self._hello(smtp)
-            if authenticate and plan.username:
-                with self._step("auth") as step:
-                    self._authenticate(smtp, step)
+                self._report_client_certificate(smtp.sock)
+            if authenticate and self._authenticator is not None:
+                self._authenticator.sign_in(smtp, plan, self._step)
             return smtp
         except BaseException:
             if smtp is not None:
@@ -266,12 +278,23 @@ class SmtpTransport:
             step.detail = f"as {self._ehlo_name}; offers " + (", ".join(features) or "nothing")
             step.reply = f"{code} {_text(reply).split()[0] if reply else ''}".strip()
 
+    def _report_client_certificate(self, sock: socket.socket) -> None:
+        """The server asked for our certificate and then answered: it accepted it. (With TLS
+        1.3 a refusal arrives only at this first read after the handshake.)"""
+        info = self.plan.client_certificate_info
+        if not (self._observer and info and isinstance(sock, ssl.SSLSocket)):
+            return
+        if asked_for_certificate(sock):
+            detail = f"the server accepted {info.subject} (SHA-256 {info.sha256})"
+            self._observer(Step("client-certificate", True, 0.0, detail))
+
     def _check_peer(self, sock: ssl.SSLSocket, step: Step) -> None:
         der = sock.getpeercert(binary_form=True)
         info = describe_der(der) if der else None
         step.certificate = info
         cipher = sock.cipher()
         step.detail = f"{sock.version()}, {cipher[0] if cipher else 'unknown cipher'}"
+        step.detail += client_certificate_note(sock, self.plan.client_certificate_info)
         exact = exact_certificates(self.plan.trusted_certificate) if self.plan.verify_peer else ()
         if exact and der not in exact:
             raise not_the_trusted_certificate(info, der_to_pem(der) if der else "")
@@ -279,52 +302,6 @@ class SmtpTransport:
         if pin and not (der and fingerprint_matches(der, pin.algorithm, pin.hexdigest)):
             actual = hashlib.new(pin.algorithm, der or b"").hexdigest()
             raise fingerprint_mismatch(self.plan, info, actual)
-
-    def _authenticate(self, smtp: smtplib.SMTP, step: Step) -> None:
-        plan = self.plan
-        if self._missing_password:
-            raise policy_problem("auth", self._missing_password, kind="password-missing")
-        encrypted = isinstance(smtp.sock, ssl.SSLSocket)
-        if plan.refusal or not (encrypted or is_loopback(plan.host)):
-            raise policy_problem(
-                "auth",
-                plan.refusal or "The password would cross the network unencrypted.",
-                kind="password-unencrypted",
-            )
-        offered = smtp.esmtp_features.get("auth", "").upper().split()
-        if not offered:  # no AUTH line, or one that lists no mechanism
-            raise policy_problem(
-                "auth",
-                "The server does not offer authentication (AUTH) on this connection. Leave "
-                "User blank if the server needs no sign-in; some servers offer AUTH only "
-                "after STARTTLS or only on port 587.",
-                kind="auth-missing",
-            )
-        mechanisms = [m for m in AUTH_MECHANISMS if m in offered]
-        if not mechanisms:
-            raise policy_problem(
-                "auth",
-                f"The server offers only AUTH {' '.join(offered)}, none of which this product "
-                f"supports ({', '.join(AUTH_MECHANISMS)}).",
-                kind="auth-unsupported",
-            )
-        smtp.user, smtp.password = plan.username, self._password
-        try:
-            error: smtplib.SMTPAuthenticationError | None = None
-            for mechanism in mechanisms:
-                method = getattr(smtp, "auth_" + mechanism.lower().replace("-", "_"))
-                try:
-                    code, reply = smtp.auth(mechanism, method, initial_response_ok=True)
-                except smtplib.SMTPAuthenticationError as refused:
-                    error = refused
-                    continue
-                self.auth_mechanism = mechanism
-                step.detail = f"{mechanism} as {plan.username}"
-                step.reply = f"{code} {_text(reply)}"
-                return
-            raise error  # type: ignore[misc]
-        finally:
-            smtp.user = smtp.password = ""  # the password lives no longer than needed
 
     # -- sending ------------------------------------------------------------------------
 
