@@ -29,7 +29,7 @@ from .keyring import UndecryptablePassword
 from .models import SmtpSettings, WrongServerPassword
 from .options import OptionsError
 from .plan import ConnectionPlan
-from .problems import SmtpProblem, policy_problem
+from .problems import SmtpProblem, client_key_problem, policy_problem
 from .tokencache import SharedTokens
 from .transport import SmtpTransport
 
@@ -62,6 +62,7 @@ def transport_for(record: SmtpSettings, **kwargs) -> SmtpTransport:
             "No SMTP server is configured: fill in Server on Settings -> SMTP.",
             kind="settings",
         )
+    kwargs["client_key"] = reveal_client_key(record, plan)
     return SmtpTransport(plan, authenticator=authenticator_for(record, plan), **kwargs)
 
 
@@ -96,6 +97,23 @@ def authenticator_for(record: SmtpSettings, plan: ConnectionPlan) -> Authenticat
             "server needs no sign-in."
         )
     return PasswordAuthenticator(plan.username, password, missing=missing)
+
+
+def reveal_client_key(record: SmtpSettings, plan: ConnectionPlan) -> str:
+    """The client certificate's private key, for the TLS context only; "" when no certificate
+    is presented. A certificate whose key cannot be used stops here, said in words: sending
+    without it would only fail later, less clearly."""
+    if not (plan.client_certificate and plan.encrypted):
+        return ""
+    try:
+        key = record.reveal_secret("client_key_token")
+    except UndecryptablePassword:
+        raise client_key_problem(plan, unreadable=True) from None
+    except WrongServerPassword:
+        key = ""
+    if not key:
+        raise client_key_problem(plan, unreadable=False)
+    return str(key)
 
 
 def sender_of(record: SmtpSettings) -> str:

@@ -214,6 +214,7 @@ class SmtpSettings(models.Model):
             username=self.username,
             options=self.smtp_options(),
             trusted_certificate=self.trusted_certificate,
+            client_certificate=self.client_certificate,
         )
 
     def connection_plan(self) -> ConnectionPlan | None:

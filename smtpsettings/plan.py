@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from functools import cached_property
 
-from .certificates import exact_certificates
+from cryptography import x509
+
+from .certificates import CertificateInfo, describe, exact_certificates
 from .hostnames import display_host_port, is_loopback
 from .options import Fingerprint, SmtpOptions
 
@@ -40,6 +43,7 @@ class SmtpConfig:
     username: str = ""
     options: SmtpOptions = field(default_factory=SmtpOptions)
     trusted_certificate: str = ""
+    client_certificate: str = ""  # PEM, public; its key is revealed only for the transport
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class ConnectionPlan:
     username: str  # blank: no authentication
     options: SmtpOptions
     refusal: str | None  # set when sending must stop before AUTH, with the fix
+    # The TLS client certificate (PEM, then any intermediates), presented when asked for.
+    client_certificate: str = ""
 
     @property
     def encrypted(self) -> bool:
@@ -79,6 +85,8 @@ class ConnectionPlan:
             parts = [f"Connects to {where} without encryption ({self.reason})"]
         if self.encrypted:
             parts.append(self._describe_verification())
+        if self.client_certificate:
+            parts.append(self._describe_client_certificate())
         if not self.authenticates:
             parts.append("does not sign in")
         elif self.refusal:
@@ -88,6 +96,24 @@ class ConnectionPlan:
         else:
             parts.append(f"signs in as {self.username}")
         return ", ".join(parts) + "."
+
+    @cached_property
+    def client_certificate_info(self) -> CertificateInfo | None:
+        """The client certificate itself (the first in the PEM); None if there is none."""
+        try:
+            return describe(x509.load_pem_x509_certificate(self.client_certificate.encode()))
+        except ValueError:
+            return None
+
+    def _describe_client_certificate(self) -> str:
+        info = self.client_certificate_info
+        name = info.subject if info else "(unreadable)"
+        if not self.encrypted:
+            return f"cannot present the client certificate {name} without TLS"
+        text = f"presents the client certificate {name} when the server asks for one"
+        if info and info.expired():
+            text += f" (it expired on {info.not_after:%Y-%m-%d})"
+        return text
 
     @property
     def trusts_exactly(self) -> bool:
@@ -152,4 +178,5 @@ def plan(config: SmtpConfig) -> ConnectionPlan:
         username=config.username,
         options=config.options,
         refusal=refusal,
+        client_certificate=config.client_certificate,
     )

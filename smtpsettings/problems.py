@@ -95,8 +95,11 @@ def explain(
     plan: ConnectionPlan,
     *,
     certificate: CertificateInfo | None = None,
+    client_certificate_asked: bool = False,
 ) -> SmtpProblem:
-    """Translate what failed at `step` into advice; `certificate` is what the server presented."""
+    """Translate what failed at `step` into advice; `certificate` is what the server presented;
+    `client_certificate_asked`: the server asked for a client certificate in the handshake just
+    before."""
     if isinstance(error, SmtpProblem):
         return error
     where = display_host_port(plan.host, plan.port)
@@ -124,7 +127,10 @@ def explain(
     if isinstance(error, TimeoutError | socket.timeout):
         return _timeout(step, plan, where)
     if alert := client_certificate_alert(error):
-        return _client_certificate_refused(step, alert, plan)
+        return _client_certificate_refused(step, CLIENT_CERTIFICATE_ALERTS[alert], plan)
+    if client_certificate_asked and isinstance(error, smtplib.SMTPServerDisconnected):
+        # Some servers (Python's asyncio among them) close without sending the alert.
+        return _client_certificate_refused(step, None, plan)
     if isinstance(error, ssl.SSLCertVerificationError):
         return _untrusted(step, error, plan, certificate)
     if isinstance(error, ssl.SSLError):
@@ -406,18 +412,27 @@ _NO_CLIENT_CERTIFICATE = (
 )
 
 
-def _client_certificate_refused(step: str, alert: str, plan: ConnectionPlan) -> SmtpProblem:
-    said = CLIENT_CERTIFICATE_ALERTS[alert]
+def _client_certificate_refused(step: str, said: str | None, plan: ConnectionPlan) -> SmtpProblem:
+    """The server refused the handshake's client certificate (or its absence) with the TLS
+    alert `said`, or by closing the connection (`said` None) right after asking for one."""
     info = plan.client_certificate_info
+    answer = f'answered with the TLS alert "{said}"' if said else "closed the connection"
     if info is None:
         advice = (
-            "The server requires a TLS client certificate (it answered with the TLS alert "
-            f'"{said}"), and none is configured. ' + _NO_CLIENT_CERTIFICATE
+            f"The server asked for a TLS client certificate and {answer} when none came: it "
+            "requires one, and none is configured. " + _NO_CLIENT_CERTIFICATE
         )
         kind = "client-certificate-required"
     else:
         which = _which_client_certificate(info)
-        if said == "unknown CA":
+        if said is None:
+            what = (
+                f"The server closed the connection right after receiving {which}: it does not "
+                "accept it, most likely because it does not trust its issuer. Ask the server's "
+                f"administrator to trust {info.issuer} for client certificates (Postfix: "
+                "smtpd_tls_CAfile), or use a client certificate that the server's CA issued."
+            )
+        elif said == "unknown CA":
             what = (
                 f"The server does not trust the authority that issued {which}. Ask the server's "
                 f"administrator to trust {info.issuer} for client certificates (Postfix: "
@@ -438,9 +453,10 @@ def _client_certificate_refused(step: str, alert: str, plan: ConnectionPlan) -> 
                 "authentication, or the server cannot complete its chain: upload it with its "
                 "intermediate certificates, or ask the server's administrator what it expects."
             )
-        advice = f'{what} (TLS alert "{said}")'
+        advice = f'{what} (TLS alert "{said}")' if said else what
         kind = "client-certificate-refused"
-    return SmtpProblem(step, advice, kind=kind, reply=(0, f"TLS alert: {said}"), temporary=True)
+    reply = (0, f"TLS alert: {said}" if said else "connection closed after the TLS handshake")
+    return SmtpProblem(step, advice, kind=kind, reply=reply, temporary=True)
 
 
 def _client_certificate_reply(

@@ -1,18 +1,34 @@
-"""TLS for the SMTP connection: the context a plan asks for, and the fingerprint pin."""
+"""TLS for the SMTP connection: the context a plan asks for, the fingerprint pin, and the
+client certificate."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import os
+import secrets
 import ssl
+import tempfile
+import weakref
 
-from .certificates import exact_certificates
+from cryptography.hazmat.primitives import serialization
+
+from .certificates import CertificateInfo, exact_certificates
 from .plan import ConnectionPlan
+from .problems import client_certificate_unusable
+
+# The connections whose server asked for a client certificate (OpenSSL tells the context's
+# message callback); weak, so a closed connection leaves no trace.
+_asked_for_certificate: weakref.WeakSet = weakref.WeakSet()
 
 
-def build_context(plan: ConnectionPlan, *, verify: bool | None = None) -> ssl.SSLContext:
+def build_context(
+    plan: ConnectionPlan, *, verify: bool | None = None, client_key: str = ""
+) -> ssl.SSLContext:
     """TLS 1.2 or later; the system CAs plus a trusted CA, unless verify_peer is off.
-    `verify=False` makes a context that only looks (for diagnostics).
+    `verify=False` makes a context that only looks (for diagnostics). With `client_key`, the
+    plan's client certificate is presented when the server asks for one.
 
     A trusted bundle of server certificates (no CA among them) is not a trust anchor: the
     handshake only looks, and the transport accepts exactly those certificates (see
@@ -20,6 +36,11 @@ def build_context(plan: ConnectionPlan, *, verify: bool | None = None) -> ssl.SS
     verify = plan.verify_peer if verify is None else verify
     context = ssl.create_default_context()
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if plan.client_certificate and client_key:
+        load_client_certificate(context, plan.client_certificate, client_key)
+    # OpenSSL tells this callback (a debugging hook, the only way Python offers) of each
+    # handshake message: a CertificateRequest is the server asking for a client certificate.
+    context._msg_callback = _watch_handshake
     if not verify or exact_certificates(plan.trusted_certificate):
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -29,6 +50,56 @@ def build_context(plan: ConnectionPlan, *, verify: bool | None = None) -> ssl.SS
         # A pasted intermediate CA ends the chain too; a CA vouches for what it signs.
         context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return context
+
+
+def load_client_certificate(context: ssl.SSLContext, certificate_pem: str, key_pem: str) -> None:
+    """Make `context` present the certificate, signing with the key.
+
+    OpenSSL reads them only from a file. The file is private (0600), lives only for the
+    moment of loading, and holds the key encrypted with a passphrase that exists only in this
+    process's memory: the key never reaches the disk readable."""
+    passphrase = secrets.token_bytes(32)
+    try:
+        key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+        sealed = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(passphrase),
+        )
+        descriptor, path = tempfile.mkstemp(prefix="client-certificate-", suffix=".pem")
+        try:
+            with os.fdopen(descriptor, "wb") as file:  # mkstemp makes it 0600
+                file.write(certificate_pem.encode() + b"\n" + sealed)
+            context.load_cert_chain(path, password=passphrase)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    except (ValueError, TypeError, ssl.SSLError) as error:
+        # A key that does not fit the certificate (they were stored apart) or is unreadable.
+        raise client_certificate_unusable(certificate_pem, error) from None
+
+
+def _watch_handshake(connection, direction, version, content_type, message_type, data) -> None:
+    if (
+        direction == "read"
+        and content_type == ssl._TLSContentType.HANDSHAKE
+        and message_type == ssl._TLSMessageType.CERTIFICATE_REQUEST
+    ):
+        _asked_for_certificate.add(connection)
+
+
+def asked_for_certificate(sock: ssl.SSLSocket) -> bool:
+    """Did the server ask for a client certificate in this connection's handshake?"""
+    return sock in _asked_for_certificate
+
+
+def client_certificate_note(sock: ssl.SSLSocket, info: CertificateInfo | None) -> str:
+    """What the TLS step says about the client certificate, for the transcript."""
+    if info is None:
+        return ""
+    if asked_for_certificate(sock):
+        return f"; presented client certificate {info.subject} (SHA-256 {info.sha256})"
+    return f"; the server did not ask for a client certificate, so {info.subject} was not presented"
 
 
 def fingerprint_matches(der: bytes, algorithm: str, hexdigest: str) -> bool:

@@ -151,6 +151,7 @@ class SmtpTransport:
         self._sent_on_connection = 0
         self._last_activity = 0.0
         self._last_send: float | None = None
+        self._certificate_asked = False  # in this connection's handshake, by the server
 
     def __repr__(self) -> str:
         state = "open" if self._smtp else "closed"
@@ -196,6 +197,7 @@ class SmtpTransport:
     def _establish(self, context: ssl.SSLContext | None, *, authenticate: bool) -> smtplib.SMTP:
         plan = self.plan
         timeout = plan.options.timeout
+        self._certificate_asked = False
         sock: socket.socket | None = None
         smtp: smtplib.SMTP | None = None
         try:
@@ -218,7 +220,7 @@ class SmtpTransport:
                 step.reply = f"{code} {_text(reply)}"
                 if code != 220:
                     raise smtplib.SMTPConnectError(code, reply)
-            self._report_client_certificate(smtp.sock)
+            self._report_client_certificate()
             self._hello(smtp)
             if plan.security is Security.STARTTLS:
                 with self._step("starttls") as step:
@@ -235,7 +237,7 @@ class SmtpTransport:
                     step.reply = f"{code} {_text(reply)}"
                     self._check_peer(smtp.sock, step)
                 self._hello(smtp)
-                self._report_client_certificate(smtp.sock)
+                self._report_client_certificate()
             if authenticate and self._authenticator is not None:
                 self._authenticator.sign_in(smtp, plan, self._step)
             return smtp
@@ -278,13 +280,12 @@ class SmtpTransport:
             step.detail = f"as {self._ehlo_name}; offers " + (", ".join(features) or "nothing")
             step.reply = f"{code} {_text(reply).split()[0] if reply else ''}".strip()
 
-    def _report_client_certificate(self, sock: socket.socket) -> None:
-        """The server asked for our certificate and then answered: it accepted it. (With TLS
-        1.3 a refusal arrives only at this first read after the handshake.)"""
+    def _report_client_certificate(self) -> None:
+        """The server answered after a handshake in which it asked for our certificate: it
+        accepted it. (With TLS 1.3 a refusal arrives only at this first read.)"""
+        asked, self._certificate_asked = self._certificate_asked, False
         info = self.plan.client_certificate_info
-        if not (self._observer and info and isinstance(sock, ssl.SSLSocket)):
-            return
-        if asked_for_certificate(sock):
+        if asked and info and self._observer:
             detail = f"the server accepted {info.subject} (SHA-256 {info.sha256})"
             self._observer(Step("client-certificate", True, 0.0, detail))
 
@@ -294,6 +295,7 @@ class SmtpTransport:
         step.certificate = info
         cipher = sock.cipher()
         step.detail = f"{sock.version()}, {cipher[0] if cipher else 'unknown cipher'}"
+        self._certificate_asked = asked_for_certificate(sock)
         step.detail += client_certificate_note(sock, self.plan.client_certificate_info)
         exact = exact_certificates(self.plan.trusted_certificate) if self.plan.verify_peer else ()
         if exact and der not in exact:
@@ -475,7 +477,13 @@ class SmtpTransport:
         certificate = pem = None
         if isinstance(error, ssl.SSLCertVerificationError):
             certificate, pem = self.presented_certificate()
-        problem = explain(step, error, self.plan, certificate=certificate)
+        problem = explain(
+            step,
+            error,
+            self.plan,
+            certificate=certificate,
+            client_certificate_asked=self._certificate_asked,
+        )
         problem.certificate_pem = pem or ""
         return problem
 
