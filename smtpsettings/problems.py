@@ -128,9 +128,9 @@ def explain(
         return _timeout(step, plan, where)
     if alert := client_certificate_alert(error):
         return _client_certificate_refused(step, CLIENT_CERTIFICATE_ALERTS[alert], plan)
-    if client_certificate_asked and isinstance(error, smtplib.SMTPServerDisconnected):
-        # Some servers (Python's asyncio among them) close without sending the alert.
-        return _client_certificate_refused(step, None, plan)
+    if client_certificate_asked and _closed_or_failed(error):
+        said = "handshake failure" if isinstance(error, ssl.SSLError) and not _eof(error) else None
+        return _client_certificate_refused(step, said, plan)
     if isinstance(error, ssl.SSLCertVerificationError):
         return _untrusted(step, error, plan, certificate)
     if isinstance(error, ssl.SSLError):
@@ -396,6 +396,19 @@ def client_certificate_alert(error: BaseException) -> str | None:
     if isinstance(error, smtplib.SMTPServerDisconnected):
         return next((r for r in CLIENT_CERTIFICATE_ALERTS if r in str(error)), None)
     return None
+
+
+def _eof(error: BaseException) -> bool:
+    return isinstance(error, ssl.SSLEOFError) or "UNEXPECTED_EOF" in str(error)
+
+
+def _closed_or_failed(error: BaseException) -> bool:
+    """How a server that asked for a client certificate refuses one (or its absence) without
+    a certificate alert: TLS 1.2's "handshake failure", or closing the connection (Python's
+    asyncio servers do)."""
+    if isinstance(error, smtplib.SMTPServerDisconnected | ConnectionResetError) or _eof(error):
+        return True
+    return getattr(error, "reason", None) == "SSLV3_ALERT_HANDSHAKE_FAILURE"
 
 
 def _which_client_certificate(info: CertificateInfo) -> str:

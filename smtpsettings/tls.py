@@ -10,7 +10,6 @@ import os
 import secrets
 import ssl
 import tempfile
-import weakref
 
 from cryptography.hazmat.primitives import serialization
 
@@ -18,9 +17,22 @@ from .certificates import CertificateInfo, exact_certificates
 from .plan import ConnectionPlan
 from .problems import client_certificate_unusable
 
-# The connections whose server asked for a client certificate (OpenSSL tells the context's
-# message callback); weak, so a closed connection leaves no trace.
-_asked_for_certificate: weakref.WeakSet = weakref.WeakSet()
+
+class HandshakeWatch:
+    """What OpenSSL reports of the latest handshake made with one context (a transport makes
+    one connection at a time): whether the server asked for a client certificate. Known even
+    when the handshake then fails."""
+
+    def __init__(self) -> None:
+        self.asked_for_certificate = False
+
+    def __call__(self, connection, direction, version, content_type, message_type, data) -> None:
+        if content_type != ssl._TLSContentType.HANDSHAKE:
+            return
+        if direction == "write" and message_type == ssl._TLSMessageType.CLIENT_HELLO:
+            self.asked_for_certificate = False  # a new handshake
+        elif direction == "read" and message_type == ssl._TLSMessageType.CERTIFICATE_REQUEST:
+            self.asked_for_certificate = True
 
 
 def build_context(
@@ -40,7 +52,7 @@ def build_context(
         load_client_certificate(context, plan.client_certificate, client_key)
     # OpenSSL tells this callback (a debugging hook, the only way Python offers) of each
     # handshake message: a CertificateRequest is the server asking for a client certificate.
-    context._msg_callback = _watch_handshake
+    context._msg_callback = HandshakeWatch()
     if not verify or exact_certificates(plan.trusted_certificate):
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -79,18 +91,15 @@ def load_client_certificate(context: ssl.SSLContext, certificate_pem: str, key_p
         raise client_certificate_unusable(certificate_pem, error) from None
 
 
-def _watch_handshake(connection, direction, version, content_type, message_type, data) -> None:
-    if (
-        direction == "read"
-        and content_type == ssl._TLSContentType.HANDSHAKE
-        and message_type == ssl._TLSMessageType.CERTIFICATE_REQUEST
-    ):
-        _asked_for_certificate.add(connection)
+def handshake_asked_for_certificate(context: ssl.SSLContext | None) -> bool:
+    """Did the server ask for a client certificate in the latest handshake with `context`?"""
+    watch = getattr(context, "_msg_callback", None)
+    return isinstance(watch, HandshakeWatch) and watch.asked_for_certificate
 
 
 def asked_for_certificate(sock: ssl.SSLSocket) -> bool:
     """Did the server ask for a client certificate in this connection's handshake?"""
-    return sock in _asked_for_certificate
+    return handshake_asked_for_certificate(sock.context)
 
 
 def client_certificate_note(sock: ssl.SSLSocket, info: CertificateInfo | None) -> str:

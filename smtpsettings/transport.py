@@ -37,6 +37,7 @@ from .tls import (
     build_context,
     client_certificate_note,
     fingerprint_matches,
+    handshake_asked_for_certificate,
 )
 
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
@@ -482,7 +483,9 @@ class SmtpTransport:
             error,
             self.plan,
             certificate=certificate,
-            client_certificate_asked=self._certificate_asked,
+            # Asked in the handshake just made; known even if that handshake failed.
+            client_certificate_asked=self._certificate_asked
+            or (step in ("tls", "starttls") and handshake_asked_for_certificate(self._context)),
         )
         problem.certificate_pem = pem or ""
         return problem
