@@ -478,11 +478,13 @@ def _client_certificate_reply(
     """A 4xx or 5xx that names a certificate: a server that checks client certificates after
     the handshake (Postfix's smtpd_tls_req_ccert) answers so."""
     info = plan.client_certificate_info
+    kind = "client-certificate-refused"
     if info is None:
         advice = (
             "The server refused to go on without a trusted TLS client certificate, and none "
             "is configured. " + _NO_CLIENT_CERTIFICATE
         )
+        kind = "client-certificate-required"
     else:
         advice = (
             f"The server refused to go on with {_which_client_certificate(info)}: it does not "
@@ -490,9 +492,7 @@ def _client_certificate_reply(
             "or upload one the server trusts."
         )
     permanent = reply[0] >= 500 and step in ("mail", "rcpt", "data")
-    return SmtpProblem(
-        step, advice, kind="client-certificate-refused", reply=reply, temporary=not permanent
-    )
+    return SmtpProblem(step, advice, kind=kind, reply=reply, temporary=not permanent)
 
 
 def client_key_problem(plan: ConnectionPlan, *, unreadable: bool) -> SmtpProblem:

@@ -66,7 +66,9 @@ class PostfixInstance:
             time.sleep(0.1)
 
 
-def main_cf(*, root: Path, hostname: str, key: Path, certificate: Path) -> str:
+def main_cf(
+    *, root: Path, hostname: str, key: Path, certificate: Path, client_ca: Path | None = None
+) -> str:
     return f"""\
 compatibility_level = 3.6
 queue_directory = {root / "queue"}
@@ -111,6 +113,16 @@ smtpd_tls_chain_files = {key}, {certificate}
 smtpd_tls_protocols = >=TLSv1.2
 smtpd_tls_mandatory_protocols = >=TLSv1.2
 smtpd_tls_loglevel = 1
+""" + (client_certificates_cf(client_ca) if client_ca else "")
+
+
+def client_certificates_cf(client_ca: Path) -> str:
+    """Ask every TLS client for a certificate issued by `client_ca`; require one where TLS is
+    mandatory (465: Postfix ignores the requirement where TLS is optional, with a warning)."""
+    return f"""\
+smtpd_tls_CAfile = {client_ca}
+smtpd_tls_ask_ccert = yes
+smtpd_tls_req_ccert = yes
 """
 
 
@@ -234,8 +246,12 @@ def wait_listening(
 
 @contextlib.contextmanager
 def running_postfix(
-    *, address: str = "127.0.0.3", hostname: str = "postfix.gatewaymgr.test"
+    *,
+    address: str = "127.0.0.3",
+    hostname: str = "postfix.gatewaymgr.test",
+    client_ca_pem: str = "",
 ) -> Iterator[PostfixInstance]:
+    """`client_ca_pem`: a CA whose client certificates the TLS ports ask for (and 465 requires)."""
     postfix = shutil.which("postfix") or shutil.which("postfix", path="/usr/sbin")
     if not postfix or not Path("/usr/lib/postfix/sbin/master").exists():
         missing("Postfix is not installed (apt-get install postfix)")
@@ -264,8 +280,13 @@ def running_postfix(
         key.touch(mode=0o600)  # read by smtpd as root before it drops privileges
         key.write_text(key_pem)
         certificate.write_text(certificate_pem)
+        client_ca = config / "client-ca.pem" if client_ca_pem else None
+        if client_ca:
+            client_ca.write_text(client_ca_pem)
         (config / "main.cf").write_text(
-            main_cf(root=root, hostname=hostname, key=key, certificate=certificate)
+            main_cf(
+                root=root, hostname=hostname, key=key, certificate=certificate, client_ca=client_ca
+            )
         )
         (config / "master.cf").write_text(master_cf(address))
         instance = PostfixInstance(
