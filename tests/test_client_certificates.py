@@ -3,11 +3,16 @@ to real servers that require one, what the transcript says, and that the key nev
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import json
+import socket
 import ssl
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
 import trustme
@@ -266,6 +271,69 @@ def test_a_client_certificate_from_another_ca_is_refused_and_explained(mode, tls
     failed = steps[-1]
     assert not failed.ok and failed.detail == problem.advice
     assert "client-certificate" not in [step.name for step in steps]  # never "accepted"
+
+
+@contextlib.contextmanager
+def alerting_smtps_server(context: ssl.SSLContext) -> Iterator[SimpleNamespace]:
+    """A bare SMTPS greeter on the blocking ssl module, which (unlike asyncio) sends the TLS
+    alert when it refuses the client's certificate, as OpenSSL servers do."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)  # only so that the loop sees `stop`
+    stop, refusals = threading.Event(), []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                try:
+                    with context.wrap_socket(connection, server_side=True) as tls:
+                        tls.sendall(b"220 smtp.gatewaymgr.test ESMTP\r\n")
+                        tls.recv(100)
+                except ssl.SSLError as error:
+                    refusals.append(error.reason)
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield SimpleNamespace(port=listener.getsockname()[1], refusals=refusals)
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+def test_the_tls_alert_for_a_missing_certificate_is_explained():
+    certs = requiring_server(trustme.CA())
+    with alerting_smtps_server(certs.server) as server:
+        problem = problem_of(transport(server, certs, mode="smtps"))
+    assert server.refusals == ["PEER_DID_NOT_RETURN_A_CERTIFICATE"]
+    assert problem.kind == "client-certificate-required" and problem.step == "greeting"
+    assert (
+        "The server asked for a TLS client certificate and answered with the TLS alert "
+        '"certificate required" when none came' in problem.advice
+    )
+    assert problem.server_reply == "TLS alert: certificate required"
+
+
+def test_the_tls_alert_for_a_certificate_from_another_ca_is_explained():
+    certs = requiring_server(trustme.CA())
+    client = parse_client_certificate(client_pem(trustme.CA()))
+    with alerting_smtps_server(certs.server) as server:
+        problem = problem_of(transport(server, certs, client, mode="smtps"))
+    assert server.refusals == ["CERTIFICATE_VERIFY_FAILED"]
+    assert problem.kind == "client-certificate-refused"
+    assert (
+        "The server does not trust the authority that issued the client certificate "
+        f"{client.info.subject} (issuer {client.info.issuer}" in problem.advice
+    )
+    assert f"trust {client.info.issuer} for client certificates" in problem.advice
+    assert problem.advice.endswith('(TLS alert "unknown CA")')
+    assert problem.server_reply == "TLS alert: unknown CA"
 
 
 def test_a_server_that_does_not_ask_gets_no_certificate_and_the_transcript_says_so():
