@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from django.conf import settings
+from joserfc.jwk import RSAKey
 
 from .certificates import colon_hex, describe
 from .problems import SmtpProblem, policy_problem, token_problem, token_unreachable
@@ -328,7 +329,7 @@ def _grant(record: Any, kind: str, value: str, endpoint: str, http: dict) -> dic
             subject=record.username,
             audience=endpoint,
             claims={"scope": scope},
-            key=account["private_key"],
+            key=RSAKey.import_key(account["private_key"]),
             header={"alg": "RS256", "kid": account["private_key_id"]},
             **http,
         ) as client:
@@ -348,7 +349,11 @@ def _grant(record: Any, kind: str, value: str, endpoint: str, http: dict) -> dic
         with OAuth2Client(
             client_id, key_pem, token_endpoint_auth_method=signer, scope=scope, **http
         ) as client:
-            return dict(client.fetch_token(endpoint, grant_type="client_credentials"))
+            # Microsoft wants client_id in the body beside the assertion.
+            token = client.fetch_token(
+                endpoint, grant_type="client_credentials", client_id=client_id
+            )
+            return dict(token)
     if kind == "client_secret":
         # Microsoft documents the secret in the form body; RFC 6749 servers must accept Basic.
         method = "client_secret_post" if record.oauth_provider == "microsoft" else None
