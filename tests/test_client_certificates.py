@@ -7,11 +7,14 @@ import contextlib
 import datetime
 import io
 import json
+import os
 import socket
 import ssl
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -25,6 +28,7 @@ from smtpsettings.diagnostics import send_test_email
 from smtpsettings.options import parse_options
 from smtpsettings.plan import Encryption, SmtpConfig, plan
 from smtpsettings.problems import SmtpProblem
+from smtpsettings.tls import load_client_certificate
 from smtpsettings.transport import SmtpTransport
 from tests.smtpservers import (
     TEST_HOST,
@@ -442,3 +446,39 @@ def test_a_certificate_whose_key_is_gone_is_a_clear_problem_not_a_crash():
         assert "Upload the certificate with its key again" in problem.advice
     assert unreadable.kind == "client-key-unreadable"
     assert "cannot be decrypted with this machine's keys" in unreadable.advice
+
+
+def test_the_key_reaches_the_disk_only_encrypted_in_a_private_file_deleted_at_once(
+    monkeypatch, tmp_path
+):
+    text = client_pem(trustme.CA())
+    client = parse_client_certificate(text)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    seen = {}
+    load_cert_chain = ssl.SSLContext.load_cert_chain
+
+    def look(context, certfile, keyfile=None, password=None):
+        seen["mode"] = os.stat(certfile).st_mode & 0o777
+        seen["text"] = Path(certfile).read_text()
+        return load_cert_chain(context, certfile, keyfile, password)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_cert_chain", look)
+    load_client_certificate(ssl.create_default_context(), client.certificate_pem, client.key_pem)
+    assert seen["mode"] == 0o600
+    assert "-----BEGIN ENCRYPTED PRIVATE KEY-----" in seen["text"]
+    assert not [line for line in key_lines(text) if line in seen["text"]]
+    assert list(tmp_path.iterdir()) == []  # gone once loaded
+
+
+@pytest.mark.django_db
+def test_a_stored_key_that_does_not_fit_the_certificate_is_a_clear_problem():
+    ca = trustme.CA()
+    certs = requiring_server(ca)
+    with smtp_server(mode="starttls", certs=certs, recorder=SeenRecorder()) as server:
+        record = stored(server, certs, client_pem(ca))
+        record.seal_secret("client_key_token", parse_client_certificate(client_pem(ca)).key_pem)
+        problem = send_test_email(record, "admin@example.com").problem
+    assert server.recorder.connections == 0
+    assert problem.kind == "client-certificate-unusable"
+    assert "cannot be used together" in problem.advice
+    assert "Upload the certificate with its key again" in problem.advice
