@@ -194,6 +194,21 @@ CATALOG: dict[str, EventType] = {
             product_only=True,
         ),
         EventType(
+            "smtp.credential_expiring",
+            "SMTP sign-in credential expiring",
+            "A client secret or certificate the product signs in to the mail server with "
+            "expires soon (30, 7 and 1 days before). Mail stops when it does.",
+            (
+                _f(
+                    "credential", description="Which credential, e.g. 'Microsoft 365 client secret'"
+                ),
+                _f("expires_at", DATETIME, description="When it expires"),
+                _f("days_left", INTEGER, description="Whole days until then"),
+            ),
+            "SMTP sign-in: the {credential} expires in {days_left} day(s)",
+            product_only=True,
+        ),
+        EventType(
             "integration.test",
             "Test notification",
             "Sent from an integration's page to check that its recipients get mail.",

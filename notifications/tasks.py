@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 
 from django.conf import settings
 from django.utils import timezone
 from django_tasks import task
 
+from .credential_notices import announce_expiring_credentials
 from .delivery import Courier, schedule_retries
 
 log = logging.getLogger(__name__)
@@ -28,9 +30,25 @@ def watchdog() -> None:
     deliver_outbox.using(run_after=timezone.now() + lease).enqueue()
 
 
+_next_credential_check = 0.0  # monotonic time of this worker's next expiry check
+
+
+def check_credentials_hourly() -> None:
+    """Now and then, announce credentials that expire soon; each notice is raised once."""
+    global _next_credential_check
+    if time.monotonic() < _next_credential_check:
+        return
+    _next_credential_check = time.monotonic() + 3600
+    try:
+        announce_expiring_credentials()
+    except Exception:  # a notice must never stop delivery
+        log.exception("Checking SMTP credentials for expiry failed")
+
+
 @task()
 def deliver_outbox() -> int:
     """Deliver every due message, then schedule a wake-up for the next retry."""
+    check_credentials_hourly()
     handled = courier().drain(on_claim=watchdog)
     wake = schedule_retries()
     if wake is not None:  # retries are waiting: wake up for the first, at once if it is due

@@ -26,7 +26,7 @@ HELP = {
     ),
     "username": (
         "Fill in the user name if your SMTP server requires authentication. If left blank, "
-        "authentication is skipped."
+        "authentication is skipped. With OAuth 2.0: the mailbox to send as."
     ),
     "password": "The password used to authenticate with the server. It is stored encrypted.",
     "options": 'Further options as a JSON object, for example {"verify_peer": false}.',
@@ -57,11 +57,15 @@ class PasswordState(models.TextChoices):
 
 
 # The stored secrets: each is sealed for the settings it was entered with (see binding.py).
+# A test run carries these and TEST_RUN_EXTRAS besides the editable fields.
 SECRETS = {
     "password_token": "Password",
     "oauth_credential_token": "OAuth 2.0 credential",
     "client_key_token": "Client certificate key",
 }
+
+
+TEST_RUN_EXTRAS = ("oauth_credential_token", "oauth_credential_info", "client_key_token")
 
 
 class WrongServerPassword(Exception):
@@ -96,7 +100,7 @@ class SmtpSettings(models.Model):
     username = models.CharField("user", max_length=254, blank=True, help_text=HELP["username"])
     # How to sign in. Password with a blank user signs in to nothing, as the help page says.
     auth_method = models.CharField(
-        "authentication", max_length=10, choices=AuthMethod.choices, default=AuthMethod.PASSWORD
+        "sign in with", max_length=10, choices=AuthMethod.choices, default=AuthMethod.PASSWORD
     )
     # A Fernet token of {"binding": [...], "password": ...}; never a readable password.
     password_token = models.TextField(blank=True, editable=False)
@@ -193,10 +197,13 @@ class SmtpSettings(models.Model):
 
     @property
     def password_state(self) -> PasswordState:
-        if not self.password_token:
+        return self.secret_state("password_token")
+
+    def secret_state(self, field: str) -> PasswordState:
+        if not getattr(self, field):
             return PasswordState.NOT_SET
         try:
-            self.reveal_password()
+            self.reveal_secret(field)
         except keyring.UndecryptablePassword:
             return PasswordState.UNREADABLE
         except WrongServerPassword:
@@ -215,6 +222,9 @@ class SmtpSettings(models.Model):
             options=self.smtp_options(),
             trusted_certificate=self.trusted_certificate,
             client_certificate=self.client_certificate,
+            auth=self.auth_method,
+            oauth_provider=self.oauth_provider,
+            oauth_tenant=self.oauth_tenant,
         )
 
     def connection_plan(self) -> ConnectionPlan | None:
@@ -273,6 +283,9 @@ class SmtpTestRun(models.Model):
     recipient = models.EmailField()
     config = models.JSONField()  # the editable fields, as the form had them
     password_token = models.TextField(blank=True)
+    # The other sealed secrets and their public parts, as the form had them: the OAuth
+    # credential and the client certificate's key. Dropped once the run is over.
+    secrets = models.JSONField(default=dict, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     result = models.JSONField(null=True, blank=True)  # Diagnosis.as_dict()
     presented_certificate = models.TextField(blank=True)  # PEM, when it was not trusted
@@ -282,4 +295,4 @@ class SmtpTestRun(models.Model):
 
     def candidate(self) -> SmtpSettings:
         """The settings to test, never saved."""
-        return SmtpSettings(**self.config, password_token=self.password_token)
+        return SmtpSettings(**self.config, password_token=self.password_token, **self.secrets)

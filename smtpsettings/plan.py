@@ -17,6 +17,7 @@ from cryptography import x509
 from .certificates import CertificateInfo, describe, exact_certificates
 from .hostnames import display_host_port, is_loopback
 from .options import Fingerprint, SmtpOptions
+from .providers import describe_sign_in
 
 SMTPS_PORT = 465
 PLAIN_PORT = 25
@@ -44,6 +45,9 @@ class SmtpConfig:
     options: SmtpOptions = field(default_factory=SmtpOptions)
     trusted_certificate: str = ""
     client_certificate: str = ""  # PEM, public; its key is revealed only for the transport
+    auth: str = "password"  # "none", "password" (a blank user signs in to nothing) or "oauth2"
+    oauth_provider: str = ""
+    oauth_tenant: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,9 @@ class ConnectionPlan:
     refusal: str | None  # set when sending must stop before AUTH, with the fix
     # The TLS client certificate (PEM, then any intermediates), presented when asked for.
     client_certificate: str = ""
+    auth: str = "password"
+    oauth_provider: str = ""
+    oauth_tenant: str = ""
 
     @property
     def encrypted(self) -> bool:
@@ -67,7 +74,11 @@ class ConnectionPlan:
 
     @property
     def authenticates(self) -> bool:
-        return bool(self.username)
+        return self.auth != "none" and bool(self.username)
+
+    @property
+    def uses_oauth(self) -> bool:
+        return self.authenticates and self.auth == "oauth2"
 
     @property
     def weak_pin(self) -> bool:
@@ -91,6 +102,9 @@ class ConnectionPlan:
             parts.append("does not sign in")
         elif self.refusal:
             parts.append(f"but will not sign in as {self.username} without encryption")
+        elif self.uses_oauth:
+            how = describe_sign_in(self.oauth_provider, self.oauth_tenant)
+            parts.append(f"signs in as {self.username} {how}")
         elif password_missing:
             parts.append(f"signs in as {self.username}, but no password is stored")
         else:
@@ -161,10 +175,12 @@ def choose_security(config: SmtpConfig) -> tuple[Security, str]:
 def plan(config: SmtpConfig) -> ConnectionPlan:
     security, reason = choose_security(config)
     refusal = None
-    if config.username and security is Security.PLAIN and not is_loopback(config.host):
+    signs_in = config.auth != "none" and bool(config.username)
+    if signs_in and security is Security.PLAIN and not is_loopback(config.host):
         fix = "remove auto_tls: false, " if reason == "auto_tls is off" else ""
+        secret = "token" if config.auth == "oauth2" else "password"
         refusal = (
-            f"The password would cross the network unencrypted to {config.host}, so sending "
+            f"The {secret} would cross the network unencrypted to {config.host}, so sending "
             f"stops before signing in. Use {fix}port 587 (STARTTLS), port 465 or Force SMTPS."
         )
     return ConnectionPlan(
@@ -179,4 +195,7 @@ def plan(config: SmtpConfig) -> ConnectionPlan:
         options=config.options,
         refusal=refusal,
         client_certificate=config.client_certificate,
+        auth=config.auth,
+        oauth_provider=config.oauth_provider,
+        oauth_tenant=config.oauth_tenant,
     )

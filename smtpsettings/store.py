@@ -23,9 +23,16 @@ EDITABLE = {
     "host": "Server",
     "port": "Port",
     "encryption": "Encryption",
+    "auth_method": "Authentication",
     "username": "User",
+    "oauth_provider": "OAuth 2.0 provider",
+    "oauth_tenant": "Tenant",
+    "oauth_client_id": "Client ID",
+    "oauth_token_url": "Token URL",
+    "oauth_scope": "Scope",
     "options": "Options",
     "trusted_certificate": "Trusted certificate",
+    "client_certificate": "Client certificate",
 }
 
 
@@ -54,6 +61,8 @@ def save(
     *,
     new_password: str = "",
     clear_password: bool = False,
+    new_secrets: dict[str, Any] | None = None,
+    cleared_secrets: list[str] | None = None,
     actor: AbstractBaseUser | None,
     actor_name: str,
     source: str,
@@ -64,35 +73,21 @@ def save(
     fields this save changed.
     """
     result = SaveResult(changes=differences(before, snapshot(settings)))
-    had_password = bool(settings.password_token)
-    password_change = None
-    if clear_password:
-        if had_password:
-            settings.password_token = ""
-            password_change = ("set", "removed")
-    elif new_password:
-        settings.seal_password(new_password)
-        password_change = ("set", "replaced") if had_password else ("not set", "set")
-    elif had_password:
-        result.password_dropped = rebind_secret(settings, "password_token")
-        if result.password_dropped:
-            password_change = ("set", "removed: " + "; ".join(result.password_dropped))
-    if password_change:
-        old, new = password_change
-        result.changes.append({"field": "password", "label": "Password", "old": old, "new": new})
+    new_secrets = {"password_token": new_password, **(new_secrets or {})}
+    cleared = {*(cleared_secrets or []), *(["password_token"] if clear_password else [])}
     for secret, label in SECRETS.items():
-        if secret != "password_token" and getattr(settings, secret):
-            reasons = rebind_secret(settings, secret)
-            if reasons:
-                result.secrets_dropped[label] = reasons
-                result.changes.append(
-                    {
-                        "field": secret,
-                        "label": label,
-                        "old": "set",
-                        "new": "removed: " + "; ".join(reasons),
-                    }
-                )
+        change, reasons = _settle_secret(
+            settings, secret, new=new_secrets.get(secret), clear=secret in cleared
+        )
+        if secret == "password_token":
+            result.password_dropped = reasons
+        elif reasons:
+            result.secrets_dropped[label] = reasons
+        if change:
+            name = "password" if secret == "password_token" else secret
+            result.changes.append(
+                {"field": name, "label": label, "old": change[0], "new": change[1]}
+            )
     if not result.changes:
         return result
     settings.updated_at = timezone.now()
@@ -114,6 +109,22 @@ def save(
             source=source,
         )
     return result
+
+
+def _settle_secret(
+    settings: SmtpSettings, field: str, *, new: Any, clear: bool
+) -> tuple[tuple[str, str] | None, list[str]]:
+    """What a save does to one stored secret: (old and new state for the history, or None;
+    what was loosened when it was dropped)."""
+    had = bool(getattr(settings, field))
+    if clear:
+        setattr(settings, field, "")
+        return (("set", "removed") if had else None), []
+    if new:
+        settings.seal_secret(field, new)
+        return (("set", "replaced") if had else ("not set", "set")), []
+    reasons = rebind_secret(settings, field) if had else []
+    return (("set", "removed: " + "; ".join(reasons)) if reasons else None), reasons
 
 
 def rebind_secret(settings: SmtpSettings, field: str) -> list[str]:
@@ -162,15 +173,22 @@ def dropped_password_text(reasons: list[str]) -> str:
     )
 
 
+def dropped_secret_text(label: str, reasons: list[str]) -> str:
+    return (
+        f"The stored {label[0].lower() + label[1:]} was removed because {'; '.join(reasons)}: "
+        "it is only used with the settings it was entered for. Enter it again."
+    )
+
+
 def display_value(name: str, value: Any) -> str:
     """A field's value as the history shows it: short, and never a secret."""
     if value in ("", None, {}):
         return "(blank)"
     if name == "options":
         return json.dumps(value, sort_keys=True)
-    if name == "encryption":
-        return dict(SmtpSettings._meta.get_field("encryption").flatchoices).get(value, value)
-    if name == "trusted_certificate":
+    if name in ("encryption", "auth_method", "oauth_provider"):
+        return dict(SmtpSettings._meta.get_field(name).flatchoices).get(value, value)
+    if name in ("trusted_certificate", "client_certificate"):
         try:
             infos = parse_pem_bundle(value)
         except InvalidCertificate:

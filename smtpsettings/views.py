@@ -15,10 +15,12 @@ from django.views.decorators.http import require_http_methods
 
 from . import store, typed_password
 from .certificates import InvalidCertificate, parse_pem_bundle
-from .forms import RecipientForm, SmtpSettingsForm, form_data
+from .expiry import expiring_soon
+from .forms import SECRET_FIELDS, RecipientForm, SmtpSettingsForm, form_data
 from .hostnames import display_host_port, unicode_host
-from .models import PasswordState, SmtpSettings, SmtpTestRun
+from .models import TEST_RUN_EXTRAS, PasswordState, SmtpSettings, SmtpTestRun
 from .options import OptionsError
+from .providers import CREDENTIAL_LABELS
 from .tasks import run_smtp_test
 
 VIEW_PERMISSION = "smtpsettings.view_smtpsettings"
@@ -32,7 +34,7 @@ CA_REFUSAL = (
 )
 
 
-@sensitive_post_parameters("password")
+@sensitive_post_parameters(*SECRET_FIELDS)
 @login_required
 @permission_required(VIEW_PERMISSION, raise_exception=True)
 @require_http_methods(["GET", "POST"])
@@ -43,7 +45,7 @@ def smtp_settings_page(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         if not can_change:
             raise PermissionDenied
-        form = SmtpSettingsForm(request.POST, instance=store.load())
+        form = SmtpSettingsForm(request.POST, request.FILES, instance=store.load())
         if request.POST.get("action") == "test":
             recipient_form = RecipientForm(request.POST)
             if form.is_valid() and recipient_form.is_valid():
@@ -54,6 +56,8 @@ def smtp_settings_page(request: HttpRequest) -> HttpResponse:
                 actor=request.user, actor_name=request.user.get_username(), source="web page"
             )
             _report_save(request, result, adopted_typed_password=adopted)
+            for warning in form.warnings:
+                messages.warning(request, warning)
             return redirect("smtpsettings:page")
     else:
         form = SmtpSettingsForm(instance=store.load())
@@ -80,6 +84,7 @@ def _start_test(request: HttpRequest, form: SmtpSettingsForm, recipient: str) ->
         recipient=recipient,
         config={field: getattr(candidate, field) for field in store.EDITABLE},
         password_token=candidate.password_token,
+        secrets={field: getattr(candidate, field) for field in TEST_RUN_EXTRAS},
     )
     transaction.on_commit(lambda: run_smtp_test.enqueue(run.pk))
     return run
@@ -173,16 +178,29 @@ def _report_save(
         messages.info(request, "The password you typed for the test was saved with them.")
     if result.password_dropped:
         messages.warning(request, store.dropped_password_text(result.password_dropped))
+    for label, reasons in result.secrets_dropped.items():
+        messages.warning(request, store.dropped_secret_text(label, reasons))
 
 
 def _page_context(form: SmtpSettingsForm, can_change: bool) -> dict[str, Any]:
     # Read afresh: validating a form changes its instance in memory.
     saved: SmtpSettings = store.load()
+    now = timezone.now()
     context: dict[str, Any] = {
         "form": form,
         "saved": saved,
         "can_change": can_change,
         "password_state": saved.password_state,
+        "oauth_state": saved.secret_state("oauth_credential_token"),
+        "oauth_info": saved.oauth_credential_info,
+        "oauth_label": CREDENTIAL_LABELS.get(
+            saved.oauth_credential_info.get("kind"), "a credential"
+        ),
+        "client_key_state": saved.secret_state("client_key_token"),
+        "expiring": [
+            {"credential": e.credential, "expires_at": e.expires_at, "days": e.days_left(now)}
+            for e in expiring_soon(saved, now)
+        ],
         "PasswordState": PasswordState,
         "history": store.recent_changes(),
         "plan": None,
@@ -196,9 +214,18 @@ def _page_context(form: SmtpSettingsForm, can_change: bool) -> dict[str, Any]:
         except OptionsError as error:
             context["plan_problem"] = "The stored options are no longer valid: " + str(error)
         else:
-            missing = plan.authenticates and saved.password_state is PasswordState.NOT_SET
+            missing = (
+                plan.authenticates
+                and not plan.uses_oauth
+                and saved.password_state is PasswordState.NOT_SET
+            )
             context["password_missing"] = missing
             context["plan_sentence"] = plan.describe(password_missing=missing)
+    if saved.client_certificate:
+        try:
+            context["client_certificate"] = parse_pem_bundle(saved.client_certificate)[0]
+        except InvalidCertificate as error:
+            context["certificate_problem"] = str(error)
     if saved.trusted_certificate:
         try:
             context["certificates"] = parse_pem_bundle(saved.trusted_certificate)

@@ -207,7 +207,12 @@ def test_labels_follow_the_catalog_order_and_keep_unknown_types_by_name():
 
 def test_the_products_own_events_are_refused_from_outside_and_still_subscribable():
     product_only = {e.type for e in CATALOG.values() if e.product_only}
-    assert product_only == {"user.invited", "user.joined", "smtp.settings_changed"}
+    assert product_only == {
+        "user.invited",
+        "user.joined",
+        "smtp.settings_changed",
+        "smtp.credential_expiring",
+    }
     assert product_only <= {e.type for e in public_types()}  # integrations may subscribe
     for event_type in product_only:
         assert type_errors(event_type) == {}

@@ -38,7 +38,7 @@ class Migration(migrations.Migration):
                 choices=[("none", "None"), ("password", "Password"), ("oauth2", "OAuth 2.0")],
                 default="password",
                 max_length=10,
-                verbose_name="authentication",
+                verbose_name="sign in with",
             ),
         ),
         migrations.AddField(

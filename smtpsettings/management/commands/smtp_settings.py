@@ -26,7 +26,27 @@ SET_FLAGS = {
     "encryption": "encryption",
     "user": "username",
     "options": "options",
+    "auth": "auth_method",
+    "oauth_provider": "oauth_provider",
+    "oauth_tenant": "oauth_tenant",
+    "oauth_client_id": "oauth_client_id",
+    "oauth_token_url": "oauth_token_url",
+    "oauth_scope": "oauth_scope",
+    "oauth_secret_expires": "oauth_secret_expires",
 }
+# --flag FILE -> form field that takes the file's text (- reads standard input).
+FILE_FLAGS = {
+    "oauth_certificate": "oauth_certificate",
+    "oauth_service_account": "oauth_service_account",
+    "client_certificate": "client_certificate_pem",
+}
+# --flag -> form field that takes one line of standard input: a secret is never an argument.
+STDIN_FLAGS = {
+    "password_stdin": "password",
+    "oauth_client_secret_stdin": "oauth_client_secret",
+    "oauth_refresh_token_stdin": "oauth_refresh_token",
+}
+CLEAR_FLAGS = ("clear_password", "clear_oauth_credential", "clear_client_certificate")
 
 
 class Command(BaseCommand):
@@ -44,7 +64,10 @@ class Command(BaseCommand):
         change.add_argument("--host", help="SMTP server host name or IP address.")
         change.add_argument("--port", help="TCP port, 1-65535 (default 587).")
         change.add_argument("--encryption", choices=["auto", "smtps"])
-        change.add_argument("--user", help="User name ('' for no authentication).")
+        change.add_argument(
+            "--user", help="User name ('' for no authentication); for OAuth 2.0 the mailbox."
+        )
+        change.add_argument("--auth", choices=["none", "password", "oauth2"])
         secret = change.add_mutually_exclusive_group()
         secret.add_argument(
             "--password-stdin",
@@ -52,6 +75,34 @@ class Command(BaseCommand):
             help="Read the password from standard input (it is never an argument).",
         )
         secret.add_argument("--clear-password", action="store_true")
+        oauth = change.add_argument_group("OAuth 2.0")
+        oauth.add_argument("--oauth-provider", choices=["microsoft", "google", "other"])
+        oauth.add_argument("--oauth-tenant", help="Microsoft 365: tenant ID or domain.")
+        oauth.add_argument("--oauth-client-id", help="Application (client) ID.")
+        oauth.add_argument("--oauth-token-url", help="Other provider: the token URL.")
+        oauth.add_argument("--oauth-scope", help="Other provider: the scope to ask for.")
+        oauth.add_argument(
+            "--oauth-client-secret-stdin", action="store_true", help="Read the client secret."
+        )
+        oauth.add_argument(
+            "--oauth-secret-expires", metavar="YYYY-MM-DD", help="When the client secret expires."
+        )
+        oauth.add_argument(
+            "--oauth-certificate", metavar="FILE", help="PEM with the certificate and its key."
+        )
+        oauth.add_argument(
+            "--oauth-service-account", metavar="FILE", help="Google's service account key (JSON)."
+        )
+        oauth.add_argument(
+            "--oauth-refresh-token-stdin", action="store_true", help="Read a refresh token."
+        )
+        oauth.add_argument("--clear-oauth-credential", action="store_true")
+        change.add_argument(
+            "--client-certificate",
+            metavar="FILE",
+            help="PEM with a TLS client certificate and its private key.",
+        )
+        change.add_argument("--clear-client-certificate", action="store_true")
         change.add_argument("--options", help="Options JSON, e.g. '{\"verify_peer\": false}'.")
         change.add_argument(
             "--trusted-certificate",
@@ -114,8 +165,12 @@ class Command(BaseCommand):
             "host": "Server",
             "port": "Port",
             "encryption": "Encryption",
+            "auth_method": "Sign-in",
             "username": "User",
             "password": "Password",
+            "oauth_provider": "OAuth",
+            "oauth_tenant": "Tenant",
+            "oauth_client_id": "Client ID",
             "options": "Options",
         }
         for key, label in labels.items():
@@ -123,6 +178,23 @@ class Command(BaseCommand):
             if key == "options":
                 value = json.dumps(value) if value else "(none)"
             self.stdout.write(f"{label + ':':<14}{value if value not in ('', None) else '(blank)'}")
+        credential = report["oauth_credential"]
+        if credential.get("kind"):
+            facts = ", ".join(
+                f"{key} {credential[key]}"
+                for key in ("subject", "not_after", "thumbprint", "client_email", "expires")
+                if credential.get(key)
+            )
+            self.stdout.write(
+                f"{'Credential:':<14}{credential['kind'].replace('_', ' ')}, "
+                f"{credential['state']}{': ' + facts if facts else ''}"
+            )
+        if report["client_certificate"]:
+            cert = report["client_certificate"]
+            self.stdout.write(
+                f"{'Client cert:':<14}{cert['subject']} (valid until {cert['not_after']}, "
+                f"SHA-256 {cert['sha256']}, key {cert['key']})"
+            )
         for cert in report["trusted_certificates"]:
             self.stdout.write(
                 f"{'Trusted cert:':<14}{cert['subject']} (issuer {cert['issuer']}, "
@@ -155,12 +227,23 @@ class Command(BaseCommand):
                 data[field] = options[flag]
         if options["trusted_certificate"] is not None:
             data["trusted_certificate"] = read_certificate(options["trusted_certificate"])
-        if options["password_stdin"]:
-            password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
-            if not password:
-                raise CommandError("No password on standard input; nothing was saved.")
-            data["password"] = password
-        data["clear_password"] = options["clear_password"]
+        readers = [flag for flag in (*STDIN_FLAGS, *FILE_FLAGS) if options[flag] in (True, "-")]
+        if len(readers) > 1:
+            raise CommandError(
+                "Only one secret can come from standard input at a time; nothing was saved."
+            )
+        for flag, field in STDIN_FLAGS.items():
+            if options[flag]:
+                value = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+                if not value:
+                    what = field.removeprefix("oauth_").replace("_", " ")
+                    raise CommandError(f"No {what} on standard input; nothing was saved.")
+                data[field] = value
+        for flag, field in FILE_FLAGS.items():
+            if options[flag] is not None:
+                data[field] = read_certificate(options[flag])
+        for flag in CLEAR_FLAGS:
+            data[flag] = options[flag]
         form = SmtpSettingsForm(data, instance=settings)
         if not form.is_valid():
             lines = [
@@ -184,10 +267,14 @@ class Command(BaseCommand):
                     + " On the command line: --password-stdin."
                 )
             )
+        for label, reasons in result.secrets_dropped.items():
+            self.stdout.write(self.style.WARNING(store.dropped_secret_text(label, reasons)))
+        for warning in form.warnings:
+            self.stdout.write(self.style.WARNING(warning))
         plan = store.load().connection_plan()
         if plan:
             saved = store.load()
-            missing = saved.password_state is PasswordState.NOT_SET
+            missing = not plan.uses_oauth and saved.password_state is PasswordState.NOT_SET
             self.stdout.write(
                 self.style.SUCCESS("Saved. ") + plan.describe(password_missing=missing)
             )
@@ -208,7 +295,8 @@ def read_certificate(path: str) -> str:
 
 
 def field_label(form: SmtpSettingsForm, field: str) -> str:
-    flag = {v: k for k, v in SET_FLAGS.items()}.get(field, field)
+    flags = {v: k for k, v in (*SET_FLAGS.items(), *FILE_FLAGS.items(), *STDIN_FLAGS.items())}
+    flag = flags.get(field, field)
     return "--" + flag.replace("_", "-") if field != "__all__" else "settings"
 
 
@@ -217,9 +305,22 @@ def describe(settings: SmtpSettings) -> dict[str, Any]:
     report: dict[str, Any] = {
         field: getattr(settings, field)
         for field in store.EDITABLE
-        if field != "trusted_certificate"
+        if field not in ("trusted_certificate", "client_certificate")
     }
     report["password"] = settings.password_state.value
+    report["oauth_credential"] = {
+        **settings.oauth_credential_info,
+        "state": settings.secret_state("oauth_credential_token").value,
+    }
+    report["client_certificate"] = None
+    if settings.client_certificate:
+        info = parse_pem_bundle(settings.client_certificate)[0]
+        report["client_certificate"] = {
+            "subject": info.subject,
+            "not_after": info.not_after,
+            "sha256": info.sha256,
+            "key": settings.secret_state("client_key_token").value,
+        }
     report["trusted_certificates"] = []
     if settings.trusted_certificate:
         try:
@@ -245,7 +346,8 @@ def describe(settings: SmtpSettings) -> dict[str, Any]:
                 "authenticates": plan.authenticates,
                 "refusal": plan.refusal,
                 "description": plan.describe(
-                    password_missing=settings.password_state is PasswordState.NOT_SET
+                    password_missing=not plan.uses_oauth
+                    and settings.password_state is PasswordState.NOT_SET
                 ),
             }
     return report
