@@ -12,10 +12,12 @@ import logging
 import pytest
 import trustme
 from django.core.management import CommandError, call_command
+from django.urls import reverse
+from django.utils import timezone
 
 from smtpsettings import oauth, store
 from smtpsettings.diagnostics import send_test_email
-from smtpsettings.models import OAuthAccessToken
+from smtpsettings.models import OAuthAccessToken, SmtpTestRun
 from tests.oauth_server import (
     XOAuth2Recorder,
     app_certificate,
@@ -388,3 +390,26 @@ def test_tokens_never_reach_the_log(server, endpoint, caplog):
     assert_no_token_in(caplog.text, endpoint)
     row = OAuthAccessToken.objects.get()
     assert_no_token_in(json.dumps([row.token, row.scope, row.key]), endpoint)
+
+
+def test_the_test_page_shows_the_token_step_and_never_the_token(
+    server, endpoint, admin_client, admin_user
+):
+    microsoft_secret(server, endpoint)
+    first, cached = run_test(), run_test()
+    pages = ""
+    for diagnosis in (first, cached):
+        run = SmtpTestRun.objects.create(
+            requested_by=admin_user,
+            recipient=RECIPIENT,
+            config={},
+            result=diagnosis.as_dict(),
+            finished_at=timezone.now(),
+        )
+        response = admin_client.get(reverse("smtpsettings:test_run", args=[run.pk]))
+        assert response.status_code == 200
+        pages += response.content.decode()
+    assert "Token" in pages and endpoint.microsoft_url in pages and "cached token" in pages
+    assert f"XOAUTH2 as {MAILBOX}" in pages
+    settings_page = admin_client.get(reverse("smtpsettings:page")).content.decode()
+    assert_no_token_in(pages + settings_page, endpoint)
