@@ -139,6 +139,8 @@ class SharedTokens:
             row.expires_at = started + datetime.timedelta(seconds=issued.lifetime)
             row.scope = issued.scope[:500]
             row.save()
+            # Tokens of credentials no longer in use (a test run's, a replaced secret's).
+            OAuthAccessToken.objects.filter(expires_at__lt=started).exclude(key=key).delete()
         step.detail = (
             f"{endpoint}: HTTP {exchange.status} in {exchange.seconds * 1000:.0f} ms; a token "
             f"valid for {issued.lifetime} s, scope {issued.scope or '(none stated)'}"

@@ -413,3 +413,21 @@ def test_the_test_page_shows_the_token_step_and_never_the_token(
     assert f"XOAUTH2 as {MAILBOX}" in pages
     settings_page = admin_client.get(reverse("smtpsettings:page")).content.decode()
     assert_no_token_in(pages + settings_page, endpoint)
+
+
+def test_credentials_go_only_to_an_https_token_url(server, endpoint):
+    plain = endpoint.other_url.replace("https://", "http://")
+    configure(server, endpoint, "other", "client_secret", endpoint.other_secret, token_url=plain)
+    problem = run_test().problem
+    assert problem.step == "token" and problem.kind == "token-url"
+    assert "https://" in problem.advice
+    assert endpoint.count == 0
+
+
+def test_a_token_is_renewed_early_by_a_tenth_of_its_life_at_most_five_minutes():
+    from datetime import timedelta
+
+    from smtpsettings.tokencache import refresh_margin
+
+    assert refresh_margin(timedelta(hours=1)) == timedelta(minutes=5)
+    assert refresh_margin(timedelta(seconds=10)) == timedelta(seconds=1)
