@@ -431,3 +431,21 @@ def test_a_token_is_renewed_early_by_a_tenth_of_its_life_at_most_five_minutes():
 
     assert refresh_margin(timedelta(hours=1)) == timedelta(minutes=5)
     assert refresh_margin(timedelta(seconds=10)) == timedelta(seconds=1)
+
+
+def test_authentication_none_sends_without_signing_in(server, endpoint):
+    record = microsoft_secret(server, endpoint)
+    record.auth_method = "none"
+    record.save()
+    diagnosis = run_test()
+    assert diagnosis.delivered, diagnosis.problem
+    assert step(diagnosis, "auth") == [] and step(diagnosis, "token") == []
+    assert server.recorder.xoauth2 == [] and endpoint.count == 0
+
+
+def test_oauth_without_a_mailbox_says_so(server, endpoint):
+    record = microsoft_secret(server, endpoint)
+    record.username = ""
+    problem = run_test(record).problem
+    assert problem.step == "settings" and "mailbox to send as in User" in problem.advice
+    assert endpoint.count == 0
