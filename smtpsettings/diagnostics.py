@@ -1,7 +1,10 @@
 """ "Send test e-mail": one message through the settings, with every step shown.
 
 Shared by the settings page and `smtp_settings test`. The transcript holds the steps of the
-SMTP dialogue with their time and the server's replies, never the password.
+SMTP dialogue with their time and the server's replies, never the password. With OAuth 2.0 a
+Token step comes before AUTH: the token endpoint, its HTTP status and time (or that a shared
+token was used), the token's lifetime and granted scope, and a refusal in words with the
+provider's code; never the token or the credential (see auth.py and tokencache.py).
 """
 
 from __future__ import annotations
