@@ -19,6 +19,7 @@ import datetime
 import hashlib
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 CREDENTIAL = "oauth_credential_token"
 MAX_MARGIN = datetime.timedelta(minutes=5)
+MIN_LEFT = datetime.timedelta(seconds=1)  # an old token with less left is not used
+WAIT_STEP = 0.05  # seconds between looks while another worker fetches the token
 
 
 def refresh_margin(lifetime: datetime.timedelta) -> datetime.timedelta:
@@ -47,6 +50,20 @@ def usable(row: OAuthAccessToken, now: datetime.datetime) -> bool:
     if not (row.token and row.expires_at and row.fetched_at):
         return False
     return row.expires_at - now > refresh_margin(row.expires_at - row.fetched_at)
+
+
+USE, WAIT, FETCH = "use", "wait", "fetch"
+
+
+def decide(row: OAuthAccessToken, token: str, now: datetime.datetime) -> str:
+    """Use the stored token, wait for the worker that is fetching one, or fetch one.
+
+    A lease is `fetched_at` in the future: a worker is asking the provider until then.
+    Meanwhile the old token serves while it lasts; once none is left, the others wait."""
+    if row.fetched_at and row.fetched_at > now:
+        alive = token and row.expires_at and row.expires_at - now > MIN_LEFT
+        return USE if alive else WAIT
+    return USE if token and usable(row, now) else FETCH
 
 
 def cache_key(record: Any, endpoint: str, credential: dict[str, str]) -> str:
@@ -114,31 +131,46 @@ class SharedTokens:
         """(token, whether it came from the cache). Fills in the Token step: endpoint,
         HTTP status, time, lifetime and scope; never the token."""
         key, endpoint, credential = self._binding()
-        row = OAuthAccessToken.objects.filter(key=key).first()
-        if row is not None and usable(row, timezone.now()):
-            token = self._open(row)
-            if token:
+        while True:
+            row = OAuthAccessToken.objects.filter(key=key).first()  # a read: no lock
+            token = self._open(row) if row is not None else ""
+            action = decide(row, token, timezone.now()) if row is not None else FETCH
+            if action == FETCH:
+                now = timezone.now()
+                with transaction.atomic():  # short: no transaction is open during HTTP
+                    OAuthAccessToken.objects.get_or_create(key=key)
+                    row = OAuthAccessToken.objects.select_for_update().get(key=key)
+                    token = self._open(row)
+                    action = decide(row, token, now)  # again, under the lock
+                    if action == FETCH:  # take the lease: the others wait for this request
+                        previous, lease = row.fetched_at, now + self._lease()
+                        row.fetched_at = lease
+                        row.save(update_fields=["fetched_at"])
+            if action == USE:
                 _describe_cached(step, endpoint, row)
                 return token, True
-        with transaction.atomic():
-            OAuthAccessToken.objects.get_or_create(key=key)
-            row = OAuthAccessToken.objects.select_for_update().get(key=key)
-            if usable(row, timezone.now()):  # another worker fetched it while we waited
-                token = self._open(row)
-                if token:
-                    _describe_cached(step, endpoint, row)
-                    return token, True
+            if action == FETCH:
+                break
+            time.sleep(WAIT_STEP)  # another worker is fetching: its token will do
+        exchange = oauth.Exchange(endpoint)
+        started = timezone.now()
+        try:
             credential, sealed = self._current_credential(credential)
-            exchange = oauth.Exchange(endpoint)
-            started = timezone.now()
             issued = oauth.request_token(self.record, credential, exchange, timeout=self._timeout)
-            if issued.refresh_token:
+        except BaseException:
+            # Give the lease back at once, so the next worker need not wait for it to run out.
+            OAuthAccessToken.objects.filter(key=key, fetched_at=lease).update(fetched_at=previous)
+            raise
+        if issued.refresh_token:
+            with transaction.atomic():  # at once, on its own: nothing later can lose it
                 self._store_rotated(sealed, issued.refresh_token)
-            row.token = keyring.encrypt(issued.access_token)
-            row.fetched_at = started
-            row.expires_at = started + datetime.timedelta(seconds=issued.lifetime)
-            row.scope = issued.scope[:500]
-            row.save()
+        with transaction.atomic():
+            OAuthAccessToken.objects.filter(key=key).update(
+                token=keyring.encrypt(issued.access_token),
+                fetched_at=started,
+                expires_at=started + datetime.timedelta(seconds=issued.lifetime),
+                scope=issued.scope[:500],
+            )
             # Tokens of credentials no longer in use (a test run's, a replaced secret's).
             OAuthAccessToken.objects.filter(expires_at__lt=started).exclude(key=key).delete()
         step.detail = (
@@ -147,6 +179,11 @@ class SharedTokens:
         )
         step.reply = f"{exchange.status} OK" if exchange.status == 200 else str(exchange.status)
         return issued.access_token, False
+
+    def _lease(self) -> datetime.timedelta:
+        """How long others wait for this worker's request before trying themselves (it may
+        have died): the request's timeout and a little more."""
+        return datetime.timedelta(seconds=self._timeout + 5)
 
     def invalidate(self, token: str) -> None:
         """The server rejected `token`: drop it, unless another worker replaced it already."""
