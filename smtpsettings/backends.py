@@ -23,7 +23,7 @@ from django.core.mail import EmailMessage
 from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.message import sanitize_address
 
-from . import store
+from . import oauth, store
 from .auth import Authenticator, NoSignIn, PasswordAuthenticator, XOAuth2Authenticator
 from .keyring import UndecryptablePassword
 from .models import SmtpSettings, WrongServerPassword
@@ -77,6 +77,9 @@ def authenticator_for(record: SmtpSettings, plan: ConnectionPlan) -> Authenticat
                 "OAuth 2.0 signs in as a mailbox: enter the mailbox to send as in User.",
                 kind="settings",
             )
+        missing = oauth.missing_settings(record)
+        if missing:
+            raise policy_problem("settings", missing, kind="settings")
         tokens = SharedTokens(record, timeout=plan.options.timeout)
         return XOAuth2Authenticator(plan.username, tokens)
     if not plan.username:

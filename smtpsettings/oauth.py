@@ -62,6 +62,21 @@ def token_endpoint(record: Any) -> str:
     return (record.oauth_token_url or "").strip()
 
 
+def missing_settings(record: Any) -> str:
+    """What an OAuth 2.0 sign-in still lacks before any token can be asked for ("" if
+    nothing): the page and the command validate too; this guards stored settings."""
+    provider = record.oauth_provider
+    if provider not in ("microsoft", "google", "other"):
+        return "Choose the OAuth 2.0 provider: Microsoft 365, Google Workspace or Other."
+    if provider == "microsoft" and not (record.oauth_tenant or "").strip():
+        return "Enter the Microsoft 365 tenant: its Directory (tenant) ID or a verified domain."
+    if provider in ("microsoft", "other") and not (record.oauth_client_id or "").strip():
+        return "Enter the client ID of the app registered with the provider."
+    if provider == "other" and not (record.oauth_token_url or "").strip():
+        return "Enter the provider's token URL (https://...)."
+    return ""
+
+
 def resolved_endpoint(record: Any, credential: dict[str, str]) -> str:
     """Where this credential's tokens come from: a service-account key names its own."""
     if credential.get("kind") == "service_account":

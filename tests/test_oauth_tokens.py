@@ -449,3 +449,19 @@ def test_oauth_without_a_mailbox_says_so(server, endpoint):
     problem = run_test(record).problem
     assert problem.step == "settings" and "mailbox to send as in User" in problem.advice
     assert endpoint.count == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "words"),
+    [
+        ("oauth_tenant", "Enter the Microsoft 365 tenant"),
+        ("oauth_client_id", "Enter the client ID"),
+        ("oauth_provider", "Choose the OAuth 2.0 provider"),
+    ],
+)
+def test_incomplete_oauth_settings_say_what_is_missing(server, endpoint, field, words):
+    record = microsoft_secret(server, endpoint)
+    setattr(record, field, "")
+    problem = run_test(record).problem
+    assert problem.step == "settings" and words in problem.advice
+    assert endpoint.count == 0
