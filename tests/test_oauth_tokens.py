@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from datetime import timedelta
 
 import pytest
 import trustme
@@ -18,6 +19,8 @@ from django.utils import timezone
 from smtpsettings import oauth, store
 from smtpsettings.diagnostics import send_test_email
 from smtpsettings.models import OAuthAccessToken, SmtpTestRun
+from smtpsettings.tokencache import SharedTokens
+from smtpsettings.transport import Step
 from tests.oauth_server import (
     XOAuth2Recorder,
     app_certificate,
@@ -359,6 +362,8 @@ def test_token_endpoint_trouble_is_temporary(server, endpoint, trouble):
     assert problem.step == "token" and problem.temporary
     assert "will be retried" in problem.advice
     assert server.recorder.xoauth2 == []
+    # The lease was given back: the next worker asks at once instead of waiting for it.
+    assert not OAuthAccessToken.objects.filter(fetched_at__gt=timezone.now()).exists()
 
 
 def test_token_endpoint_is_verified_against_the_trust_store(
@@ -425,8 +430,6 @@ def test_credentials_go_only_to_an_https_token_url(server, endpoint):
 
 
 def test_a_token_is_renewed_early_by_a_tenth_of_its_life_at_most_five_minutes():
-    from datetime import timedelta
-
     from smtpsettings.tokencache import refresh_margin
 
     assert refresh_margin(timedelta(hours=1)) == timedelta(minutes=5)
@@ -465,3 +468,12 @@ def test_incomplete_oauth_settings_say_what_is_missing(server, endpoint, field, 
     problem = run_test(record).problem
     assert problem.step == "settings" and words in problem.advice
     assert endpoint.count == 0
+
+
+def test_a_lease_left_by_a_dead_worker_runs_out(server, endpoint):
+    record = microsoft_secret(server, endpoint)
+    tokens = SharedTokens(record, timeout=5)
+    key = tokens._binding()[0]
+    OAuthAccessToken.objects.create(key=key, fetched_at=timezone.now() + timedelta(seconds=1))
+    token, cached = tokens.get(Step("token", True, 0.0))
+    assert not cached and endpoint.live(token) and endpoint.count == 1
