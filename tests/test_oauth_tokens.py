@@ -28,7 +28,7 @@ from tests.oauth_server import (
     service_account,
     token_endpoint,
 )
-from tests.smtpservers import smtp_server
+from tests.smtpservers import require_test_host, smtp_server
 
 pytestmark = pytest.mark.django_db
 MAILBOX = "alerts@example.com"
@@ -51,6 +51,7 @@ def endpoint(ca, tmp_path, monkeypatch, settings):
 
 @pytest.fixture
 def server(endpoint):
+    require_test_host()
     recorder = XOAuth2Recorder(endpoint=endpoint)
     with smtp_server(mode="starttls", recorder=recorder) as running:
         yield running
