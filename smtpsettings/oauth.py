@@ -39,6 +39,13 @@ MAX_CREDENTIAL_CHARS = 64_000
 _KEY_BLOCK = re.compile(r"-----BEGIN ((?:RSA |EC )?PRIVATE KEY)-----.+?-----END \1-----", re.DOTALL)
 
 
+RSA_ONLY = (
+    "This certificate has an EC key; Microsoft signs apps in only with RSA certificates. "
+    "Create one with, for example: openssl req -x509 -newkey rsa:2048 -nodes -days 730 "
+    '-subj "/CN=Gateway Manager" -keyout key.pem -out cert.pem'
+)
+
+
 class InvalidCredential(ValueError):
     """The credential cannot be used; the message says why and what to paste instead."""
 
@@ -352,7 +359,7 @@ def _grant(record: Any, kind: str, value: str, endpoint: str, http: dict) -> dic
     if kind == "certificate":
         certificate, key = load_certificate_credential(value)
         if not isinstance(key, rsa.RSAPrivateKey):
-            raise InvalidCredential("Microsoft accepts only RSA certificates for an app.")
+            raise InvalidCredential(RSA_ONLY)
         key_pem = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,

@@ -478,3 +478,12 @@ def test_a_lease_left_by_a_dead_worker_runs_out(server, endpoint):
     OAuthAccessToken.objects.create(key=key, fetched_at=timezone.now() + timedelta(seconds=1))
     token, cached = tokens.get(Step("token", True, 0.0))
     assert not cached and endpoint.live(token) and endpoint.count == 1
+
+
+def test_an_ec_certificate_is_refused_before_it_reaches_microsoft(ca, server, endpoint):
+    leaf = ca.issue_cert("app.example")  # trustme's default key is EC
+    pem = leaf.cert_chain_pems[0].bytes().decode() + leaf.private_key_pem.bytes().decode()
+    configure(server, endpoint, "microsoft", "certificate", pem)
+    problem = run_test().problem
+    assert problem.step == "token" and "only with RSA certificates" in problem.advice
+    assert endpoint.count == 0
