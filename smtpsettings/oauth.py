@@ -208,7 +208,9 @@ def describe_credential(kind: str, value: str) -> dict[str, Any]:
     if not isinstance(value, str) or not value.strip():
         raise InvalidCredential("The credential is empty.")
     if kind == "certificate":
-        certificate, _key = load_certificate_credential(value)
+        certificate, key = load_certificate_credential(value)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise InvalidCredential(RSA_ONLY)  # said at the field, not at the first send
         info = describe(certificate)
         return {
             "kind": kind,

@@ -22,6 +22,7 @@ def expiring_certificate(days: int) -> str:
     not_after = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=days)
     leaf = trustme.CA().issue_cert(
         "gateway-manager-app",
+        key_type=trustme.KeyType.RSA,
         not_before=datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1),
         not_after=not_after,
     )

@@ -38,7 +38,7 @@ BASE = {
 
 def certificate_with_key() -> tuple[str, str]:
     """(PEM of a certificate and its key, the key alone)."""
-    leaf = trustme.CA().issue_cert("gateway-manager-app")
+    leaf = trustme.CA().issue_cert("gateway-manager-app", key_type=trustme.KeyType.RSA)
     key = leaf.private_key_pem.bytes().decode()
     return leaf.cert_chain_pems[0].bytes().decode() + key, key
 
@@ -114,6 +114,15 @@ def test_microsoft_with_a_certificate_upload_shows_its_facts_never_its_key(admin
     assert info["kind"] == "certificate" and info["thumbprint"] in page
     assert "gateway-manager-app" in page or info["subject"] in page
     assert key.splitlines()[1] not in page
+
+
+def test_an_ec_certificate_is_refused_at_its_field_as_microsoft_takes_only_rsa(admin_client):
+    leaf = trustme.CA(key_type=trustme.KeyType.ECDSA).issue_cert("gateway-manager-app")
+    pem = leaf.cert_chain_pems[0].bytes().decode() + leaf.private_key_pem.bytes().decode()
+    response = save(admin_client, oauth_certificate=pem)
+    assert "only with RSA certificates" in " ".join(
+        response.context["form"].errors["oauth_certificate"]
+    )
 
 
 def test_google_takes_a_service_account_key_and_shows_its_account(admin_client):
