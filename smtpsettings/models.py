@@ -65,6 +65,12 @@ SECRETS = {
 }
 
 
+def secret_noun(field: str) -> str:
+    """A stored secret's name inside a sentence: "the {noun} was removed"."""
+    label = SECRETS[field]
+    return label if label.startswith("OAuth") else label[0].lower() + label[1:]
+
+
 TEST_RUN_EXTRAS = ("oauth_credential_token", "oauth_credential_info", "client_key_token")
 
 

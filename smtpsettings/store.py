@@ -13,7 +13,7 @@ from django.utils import timezone
 from .binding import loosened
 from .certificates import InvalidCertificate, parse_pem_bundle
 from .keyring import UndecryptablePassword
-from .models import SECRETS, SmtpSettings, SmtpSettingsChange
+from .models import SECRETS, SmtpSettings, SmtpSettingsChange, secret_noun
 from .signals import settings_saved
 
 # The fields an administrator edits, in page order, with the labels the history shows.
@@ -51,7 +51,7 @@ class SaveResult:
     changes: list[dict[str, str]] = field(default_factory=list)
     # Why the stored password was dropped: what this save loosened, with no password entered.
     password_dropped: list[str] = field(default_factory=list)
-    # The same for the other stored secrets: label -> what was loosened.
+    # The same for the other stored secrets: field -> what was loosened.
     secrets_dropped: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -82,7 +82,7 @@ def save(
         if secret == "password_token":
             result.password_dropped = reasons
         elif reasons:
-            result.secrets_dropped[label] = reasons
+            result.secrets_dropped[secret] = reasons
         if change:
             name = "password" if secret == "password_token" else secret
             result.changes.append(
@@ -173,9 +173,9 @@ def dropped_password_text(reasons: list[str]) -> str:
     )
 
 
-def dropped_secret_text(label: str, reasons: list[str]) -> str:
+def dropped_secret_text(field: str, reasons: list[str]) -> str:
     return (
-        f"The stored {label[0].lower() + label[1:]} was removed because {'; '.join(reasons)}: "
+        f"The stored {secret_noun(field)} was removed because {'; '.join(reasons)}: "
         "it is only used with the settings it was entered for. Enter it again."
     )
 

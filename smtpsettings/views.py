@@ -178,8 +178,8 @@ def _report_save(
         messages.info(request, "The password you typed for the test was saved with them.")
     if result.password_dropped:
         messages.warning(request, store.dropped_password_text(result.password_dropped))
-    for label, reasons in result.secrets_dropped.items():
-        messages.warning(request, store.dropped_secret_text(label, reasons))
+    for field, reasons in result.secrets_dropped.items():
+        messages.warning(request, store.dropped_secret_text(field, reasons))
 
 
 def _page_context(form: SmtpSettingsForm, can_change: bool) -> dict[str, Any]:

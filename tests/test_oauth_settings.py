@@ -177,7 +177,7 @@ def test_changing_the_tenant_drops_the_stored_credential_unless_entered_again(ad
     save(admin_client, oauth_client_secret=SECRET)
     page = save(admin_client, host="smtp.office365.com", oauth_tenant="fabrikam.com").content
     assert store.load().oauth_credential_token == ""
-    assert "The stored oAuth 2.0 credential was removed" in page.decode().replace("OAuth", "oAuth")
+    assert "The stored OAuth 2.0 credential was removed" in page.decode()
 
 
 def test_the_command_line_sets_oauth_and_show_json_reveals_no_secret(admin_client, monkeypatch):
@@ -269,3 +269,25 @@ def test_secret_fields_are_hidden_from_error_reports(admin_client):
     cleaned = SafeExceptionReporterFilter().get_post_parameters(request)
     assert cleaned["oauth_client_secret"] != SECRET
     assert set(SECRET_FIELDS) <= set(request.sensitive_post_parameters)
+
+
+def test_rotate_smtp_key_moves_every_stored_secret_and_shared_token(admin_client, settings):
+    from smtpsettings import keyring
+    from smtpsettings.models import OAuthAccessToken
+
+    old = keyring.generate_key()
+    settings.SMTP_ENCRYPTION_KEYS = [old]
+    pem, _ = certificate_with_key()
+    save(admin_client, oauth_client_secret=SECRET, client_certificate_pem=pem)
+    OAuthAccessToken.objects.create(key="k" * 64, token=keyring.encrypt("access-token-1"))
+    new = keyring.generate_key()
+    settings.SMTP_ENCRYPTION_KEYS = [new, old]
+    out = io.StringIO()
+    call_command("rotate_smtp_key", stdout=out)
+    settings.SMTP_ENCRYPTION_KEYS = [new]
+    settings.SECRET_KEY_FALLBACKS = []
+    record = store.load()
+    assert record.reveal_secret("oauth_credential_token")["value"] == SECRET
+    assert record.reveal_secret("client_key_token").startswith("-----BEGIN")
+    assert keyring.decrypt(OAuthAccessToken.objects.get().token) == "access-token-1"
+    assert "OAuth 2.0 credential" in out.getvalue() and SECRET not in out.getvalue()

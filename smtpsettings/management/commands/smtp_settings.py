@@ -267,8 +267,8 @@ class Command(BaseCommand):
                     + " On the command line: --password-stdin."
                 )
             )
-        for label, reasons in result.secrets_dropped.items():
-            self.stdout.write(self.style.WARNING(store.dropped_secret_text(label, reasons)))
+        for field, reasons in result.secrets_dropped.items():
+            self.stdout.write(self.style.WARNING(store.dropped_secret_text(field, reasons)))
         for warning in form.warnings:
             self.stdout.write(self.style.WARNING(warning))
         plan = store.load().connection_plan()
