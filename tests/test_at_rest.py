@@ -36,7 +36,9 @@ def raw_sqlite_files() -> bytes:
     # one would drop the POSIX locks SQLite holds here (a documented SQLite pitfall) and
     # corrupt later tests that share the file with worker processes.
     files = [str(path) for path in (database, Path(f"{database}-wal")) if path.exists()]
-    return subprocess.run(["cat", *files], capture_output=True, check=True).stdout
+    # A worker still running may checkpoint and remove the write-ahead log meanwhile.
+    read = 'for file; do cat "$file" 2>/dev/null || [ ! -e "$file" ] || exit 1; done'
+    return subprocess.run(["sh", "-c", read, "_", *files], capture_output=True, check=True).stdout
 
 
 def every_value_in_the_database() -> bytes:

@@ -21,6 +21,7 @@ from smtpsettings.transport import Step
 from tests.oauth_server import XOAuth2Recorder, ca_bundle, token_endpoint
 from tests.outbox import queue
 from tests.smtpservers import smtp_server
+from tests.test_at_rest import raw_sqlite_files
 from tests.workers import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -84,10 +85,9 @@ def stored_text() -> str:
 
 
 def database_bytes() -> bytes:
-    if connection.vendor != "sqlite":
-        return b""
-    name = Path(connection.settings_dict["NAME"])
-    return b"".join(p.read_bytes() for p in name.parent.glob(name.name + "*") if p.is_file())
+    # Read by another process: closing a descriptor of the database file in this one would
+    # drop SQLite's locks and corrupt the database for every later test.
+    return raw_sqlite_files() if connection.vendor == "sqlite" else b""
 
 
 def assert_no_secret_anywhere(endpoint, tmp_path: Path) -> None:
