@@ -121,6 +121,10 @@ OUTBOX_RETRY_FIRST_DELAY = env.float("OUTBOX_RETRY_FIRST_DELAY", default=30)
 OUTBOX_LEASE_SECONDS = env.int("OUTBOX_LEASE_SECONDS", default=600)
 OUTBOX_BATCH_SIZE = env.int("OUTBOX_BATCH_SIZE", default=100)
 OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=30)
+# Each worker looks for due mail and expired leases at least this often, whatever the task
+# queue holds (notifications/worker.py); finished task records are kept this long.
+OUTBOX_SWEEP_SECONDS = env.float("OUTBOX_SWEEP_SECONDS", default=20)
+OUTBOX_TASK_RETENTION_HOURS = env.float("OUTBOX_TASK_RETENTION_HOURS", default=24)
 API_RATE_LIMIT = env.str("API_RATE_LIMIT", default="120/minute")  # per token; see ratelimit.py
 # Where Microsoft 365 tokens come from (smtpsettings/oauth.py); tests point it at a local one.
 OAUTH_MICROSOFT_AUTHORITY = env.str(

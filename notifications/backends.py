@@ -4,8 +4,9 @@
 
 send_messages() stores each message, encrypted with the key ring (smtpsettings.keyring), as an
 OutboundEmail row inside the caller's database transaction and, once that transaction commits,
-enqueues its delivery as a task. So a web request never talks to an SMTP server, a rolled-back
-invitation sends nothing, and nothing is lost when the SMTP server or a worker is down.
+wakes a worker with a task. So a web request never talks to an SMTP server, a rolled-back
+invitation sends nothing, and nothing is lost when the SMTP server, a worker or the task queue
+is down: workers find due mail in the database on their own (notifications/worker.py).
 
 Say what a message is for with `email.outbox_category` (see notifications.models.Category)
 and link it to what caused it with `email.outbox_cause` (any model instance); `queue_email()`
@@ -86,6 +87,8 @@ class OutboxBackend(BaseEmailBackend):
 
 
 def enqueue_delivery() -> None:
-    from .tasks import deliver_outbox
+    """Wake a worker once the rows are committed. Never fails the caller: the mail is saved,
+    and a caller told otherwise would send it again (see tasks.ring)."""
+    from .tasks import ring
 
-    deliver_outbox.enqueue()
+    ring()

@@ -1,61 +1,64 @@
-"""The delivery task. Any number of workers may run it; each keeps its SMTP connection."""
+"""The delivery task: a doorbell for new mail. The delivery loop of each worker process
+(notifications/worker.py) does the work, and finds due mail on its own clock too, so a lost
+task costs at most one sweep interval and nothing is ever scheduled in the task queue."""
 
 from __future__ import annotations
 
-import datetime
 import logging
-import time
 
 from django.conf import settings
-from django.utils import timezone
 from django_tasks import task
 
-from .credential_notices import announce_expiring_credentials
-from .delivery import Courier, schedule_retries
+from . import worker
 
 log = logging.getLogger(__name__)
-_courier: Courier | None = None  # one per worker process, so its connection outlives a task
-
-
-def courier() -> Courier:
-    global _courier
-    if _courier is None:
-        _courier = Courier()
-    return _courier
-
-
-def watchdog() -> None:
-    """If this worker dies holding messages, wake another one when their lease runs out."""
-    lease = datetime.timedelta(seconds=settings.OUTBOX_LEASE_SECONDS + 1)
-    deliver_outbox.using(run_after=timezone.now() + lease).enqueue()
-
-
-_next_credential_check = 0.0  # monotonic time of this worker's next expiry check
-
-
-def check_credentials_hourly() -> None:
-    """Now and then, announce credentials that expire soon; each notice is raised once."""
-    global _next_credential_check
-    if time.monotonic() < _next_credential_check:
-        return
-    _next_credential_check = time.monotonic() + 3600
-    try:
-        announce_expiring_credentials()
-    except Exception:  # a notice must never stop delivery
-        log.exception("Checking SMTP credentials for expiry failed")
 
 
 @task()
 def deliver_outbox() -> int:
-    """Deliver every due message, then schedule a wake-up for the next retry."""
-    check_credentials_hourly()
-    handled = courier().drain(on_claim=watchdog)
-    wake = schedule_retries()
-    if wake is not None:  # retries are waiting: wake up for the first, at once if it is due
-        if wake > timezone.now():
-            deliver_outbox.using(run_after=wake).enqueue()
-        else:
+    """Wake this process's delivery loop. A plain db_worker or rqworker (not outbox_worker)
+    has no loop: it delivers here, and only new mail wakes it."""
+    loop = worker.running_loop()
+    if loop is None:
+        return worker.sweep()
+    if loop.stopping.is_set():  # leave the wake-up to a worker that stays
+        deliver_outbox.enqueue()
+    else:
+        loop.wake()
+    return 0
+
+
+def wake_up_waiting() -> bool:
+    """Whether a delivery task is queued that no worker has started yet. It will start after
+    this moment, so its drain sees every row committed until now: another one is redundant."""
+    if settings.TASKS_BACKEND == "rq":
+        import django_rq
+        from rq.job import Job
+
+        queue = django_rq.get_queue(deliver_outbox.queue_name)
+        newest = queue.connection.lrange(queue.key, -20, -1)  # jobs are pushed on the right
+        ids = [job_id.decode() for job_id in newest]
+        jobs = Job.fetch_many(ids, connection=queue.connection)
+        return any(job is not None and job.func_name == deliver_outbox.module_path for job in jobs)
+    from django_tasks_db.models import DBTaskResult
+
+    return (
+        DBTaskResult.objects.ready()
+        .filter(task_path=deliver_outbox.module_path, backend_name=deliver_outbox.backend)
+        .exists()
+    )
+
+
+def ring() -> None:
+    """After a commit that stored or re-queued mail: wake a worker, unless one is already
+    being woken. Never raises: the rows are committed, and every worker's sweep finds them
+    within OUTBOX_SWEEP_SECONDS even if the task queue is unreachable."""
+    try:
+        if not wake_up_waiting():
             deliver_outbox.enqueue()
-    if handled:
-        log.info("Outbox: handled %d message(s): %s", handled, dict(courier().counts))
-    return handled
+    except Exception:
+        log.warning(
+            "Outbox: could not wake a delivery worker (the task queue is unreachable); the "
+            "message is stored and a worker's sweep sends it",
+            exc_info=True,
+        )
