@@ -1,5 +1,5 @@
-"""Real task worker processes against the test database, as `scripts/run` and production run
-them: `manage.py db_worker`, or RQ workers when the run is on Redis (TASKS_BACKEND=rq)."""
+"""Real worker processes against the test database, as `scripts/run` and production run them:
+`manage.py outbox_worker`, on the database task backend or on Redis (TASKS_BACKEND=rq)."""
 
 from __future__ import annotations
 
@@ -29,26 +29,13 @@ def database_url() -> str:
 
 
 def worker_command() -> list[str]:
-    if settings.TASKS_BACKEND == "rq":
-        # SimpleWorker runs jobs in its own process, so the SMTP connection outlives a job;
-        # the scheduler runs deferred wake-ups (retries and lease watchdogs).
-        return [
-            sys.executable,
-            "manage.py",
-            "rqworker",
-            "default",
-            "--with-scheduler",
-            "--worker-class",
-            "rq.worker.SimpleWorker",
-            "--job-class",
-            "django_tasks_rq.backend.Job",  # the job class django-tasks-rq enqueues with
-        ]
-    return [sys.executable, "manage.py", "db_worker", "--interval", "0.05", "--no-startup-delay"]
+    # The product's worker on either backend: the task worker plus the delivery loop.
+    return [sys.executable, "manage.py", "outbox_worker", "--interval", "0.05"]
 
 
 @pytest.fixture
 def workers(tmp_path):
-    """Start db_worker processes against the test database; all are stopped afterwards."""
+    """Start outbox_worker processes against the test database; all are stopped afterwards."""
     require_test_host()
     started: list[subprocess.Popen] = []
 
@@ -63,6 +50,7 @@ def workers(tmp_path):
                 "DATABASE_URL": database_url(),
                 "OUTBOX_LEASE_SECONDS": "2",
                 "OUTBOX_RETRY_FIRST_DELAY": "0.2",
+                "OUTBOX_SWEEP_SECONDS": "1",
                 **env,
             },
             stdout=log,
@@ -90,3 +78,54 @@ def wait_until(condition, timeout: float = 60, what: str = "") -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+# What the task queue holds, on either backend.
+
+
+def lose_task_queue() -> None:
+    """Every job gone: Redis flushed (RQ) or every task row deleted (database backend)."""
+    if settings.TASKS_BACKEND == "rq":
+        import django_rq
+
+        django_rq.get_connection().flushall()
+    else:
+        from django_tasks_db.models import DBTaskResult
+
+        DBTaskResult.objects.all().delete()
+
+
+def pending_wake_ups() -> int:
+    """Delivery tasks waiting to run, now or later."""
+    from notifications.tasks import deliver_outbox
+
+    if settings.TASKS_BACKEND == "rq":
+        import django_rq
+        from rq.registry import ScheduledJobRegistry
+
+        queue = django_rq.get_queue(deliver_outbox.queue_name)
+        return queue.count + ScheduledJobRegistry(queue=queue).count
+    from django_tasks.base import TaskResultStatus
+    from django_tasks_db.models import DBTaskResult
+
+    return DBTaskResult.objects.filter(
+        status=TaskResultStatus.READY, task_path=deliver_outbox.module_path
+    ).count()
+
+
+def task_records() -> int:
+    """Task records kept, whatever their state."""
+    if settings.TASKS_BACKEND == "rq":
+        import django_rq
+
+        return sum(1 for _ in django_rq.get_connection().scan_iter("rq:job:*"))
+    from django_tasks_db.models import DBTaskResult
+
+    return DBTaskResult.objects.count()
+
+
+def running_tasks() -> int:
+    from django_tasks.base import TaskResultStatus
+    from django_tasks_db.models import DBTaskResult
+
+    return DBTaskResult.objects.filter(status=TaskResultStatus.RUNNING).count()
