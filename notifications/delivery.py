@@ -2,9 +2,19 @@
 
 Workers claim in batches under a lease, so two workers never send the same message at the
 same time (SELECT ... FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite serializes writers).
+A claim is renewed while its batch is worked on (every third of the lease), and right before
+each send a conditional UPDATE checks that the claim is still ours and renews it; a message
+whose claim was lost is left to its new holder. That check rides in the transaction that
+records the previous message, so it costs no commit of its own.
+
 Each result is committed right after the server's reply: a duplicate is possible only when
 a worker dies between the server's 250 and that commit. Messages of a worker that died are
-claimed again once its lease runs out. The commit that records delivery also drops the body.
+claimed again once its lease runs out; a worker that is stopped or interrupted gives its
+messages back at once. The commit that records delivery also drops the body.
+
+Only an SMTP 5xx reply to a message (or a problem of the message itself, such as a body no
+key can read) fails it. A server that cannot be reached holds the whole queue back (Breaker)
+and charges no message an attempt.
 """
 
 from __future__ import annotations
@@ -13,6 +23,8 @@ import datetime
 import logging
 import os
 import socket
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +32,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from smtpsettings import store
@@ -27,15 +40,21 @@ from smtpsettings.backends import transport_for
 from smtpsettings.problems import SmtpProblem
 from smtpsettings.transport import SmtpTransport
 
-from .models import BodyUnavailable, DeliveryAttempt, OutboundEmail, Status
-from .policy import RetryPolicy, pending_addresses, record_problem, record_refusals, settle
+from .models import BodyUnavailable, Breaker, DeliveryAttempt, OutboundEmail, Status
+from .policy import (
+    RetryPolicy,
+    breaker_delay,
+    concerns_connection,
+    give_up,
+    interrupted,
+    pending_addresses,
+    record_problem,
+    record_refusals,
+    settle,
+)
 
 log = logging.getLogger(__name__)
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
-
-
-# A problem at any of these steps concerns the connection, not the message.
-MESSAGE_STEPS = ("mail", "rcpt", "data")
 
 
 def retry_policy() -> RetryPolicy:
@@ -43,6 +62,10 @@ def retry_policy() -> RetryPolicy:
         first_delay=settings.OUTBOX_RETRY_FIRST_DELAY,
         window=datetime.timedelta(hours=settings.OUTBOX_RETRY_HOURS),
     )
+
+
+def lease_end() -> datetime.datetime:
+    return timezone.now() + datetime.timedelta(seconds=settings.OUTBOX_LEASE_SECONDS)
 
 
 def due(cutoff: datetime.datetime, now: datetime.datetime):
@@ -55,8 +78,9 @@ def due(cutoff: datetime.datetime, now: datetime.datetime):
 
 
 def claim(worker: str, size: int, cutoff: datetime.datetime | None = None) -> list[OutboundEmail]:
+    """Take up to `size` due messages for `worker`. Each is charged an attempt now, so a
+    message that kills its worker is not tried forever; a release gives the attempt back."""
     now = timezone.now()
-    lease = now + datetime.timedelta(seconds=settings.OUTBOX_LEASE_SECONDS)
     with transaction.atomic():
         candidates = due(cutoff or now, now).order_by("next_attempt_at", "id")
         if connection.features.has_select_for_update_skip_locked:
@@ -65,9 +89,105 @@ def claim(worker: str, size: int, cutoff: datetime.datetime | None = None) -> li
         if not ids:
             return []
         OutboundEmail.objects.filter(id__in=ids).update(
-            status=Status.SENDING, claimed_by=worker, lease_until=lease, attempts=F("attempts") + 1
+            status=Status.SENDING,
+            claimed_by=worker,
+            lease_until=lease_end(),
+            attempts=F("attempts") + 1,
         )
     return list(OutboundEmail.objects.filter(id__in=ids, claimed_by=worker).order_by("id"))
+
+
+def held_by(worker: str):
+    return OutboundEmail.objects.filter(status=Status.SENDING, claimed_by=worker)
+
+
+def still_mine(worker: str, pk: int) -> bool:
+    """Atomically: is the claim on message `pk` still `worker`'s? If so it is renewed, so
+    nobody can take it during the send that follows."""
+    return bool(held_by(worker).filter(pk=pk).update(lease_until=lease_end()))
+
+
+def renew_claims(worker: str) -> int:
+    """Extend the lease of every message `worker` holds (the rest of its batch)."""
+    return held_by(worker).update(lease_until=lease_end())
+
+
+def release_claims(worker: str) -> int:
+    """Give back every message `worker` holds, at once: queued and due, held by nobody, and
+    the attempt its claim charged given back too (no server refused it). Returns how many."""
+    return held_by(worker).update(
+        status=Status.QUEUED,
+        claimed_by="",
+        lease_until=None,
+        attempts=Greatest(F("attempts") - 1, 0),
+    )
+
+
+def breaker() -> Breaker | None:
+    return Breaker.objects.filter(pk=1).first()
+
+
+def hold_queue(worker: str, problem: SmtpProblem) -> int:
+    """The server cannot be reached: trip the breaker, give back `worker`'s messages uncharged
+    (those past their retry window fail with the problem), and make the whole queue wait
+    until the breaker's time. Returns how many messages were held back."""
+    now = timezone.now()
+    reason = str(problem)
+    policy = retry_policy()
+    with transaction.atomic():
+        state, _ = Breaker.objects.select_for_update().get_or_create(pk=1)
+        if state.until is None or state.until <= now:  # not tripped meanwhile by another worker
+            state.failures += 1
+            delay = breaker_delay(settings.OUTBOX_RETRY_FIRST_DELAY, state.failures)
+            state.until = now + datetime.timedelta(seconds=delay)
+        state.reason = reason
+        state.save()
+        held = list(held_by(worker).select_for_update())
+        attempts = []
+        for email in held:
+            if policy.expired(email.created_at, now):  # bounced, with the reason
+                recipients = give_up(record_problem(email.recipients, problem))
+                status = settle(recipients)
+                OutboundEmail.objects.filter(pk=email.pk).update(
+                    status=status,
+                    recipients=recipients,
+                    claimed_by="",
+                    lease_until=None,
+                    last_error=reason,
+                    sent_at=now if status == Status.SENT else None,
+                )
+                outcome = "failed" if status == Status.FAILED else "partly sent"
+            else:
+                outcome = "retry"
+            attempts.append(
+                DeliveryAttempt(
+                    email=email,
+                    at=now,
+                    worker=worker,
+                    outcome=outcome,
+                    step=problem.step,
+                    reply=problem.server_reply,
+                    advice=problem.advice,
+                )
+            )
+        DeliveryAttempt.objects.bulk_create(attempts)
+        held_back = held_by(worker).update(
+            status=Status.QUEUED,
+            claimed_by="",
+            lease_until=None,
+            attempts=Greatest(F("attempts") - 1, 0),
+            next_attempt_at=state.until,
+            last_error=reason,
+        )
+        # Everyone else waits for the same time, with the same reason shown.
+        held_back += OutboundEmail.objects.filter(
+            status=Status.QUEUED, next_attempt_at__lt=state.until
+        ).update(next_attempt_at=state.until, last_error=reason)
+    return held_back
+
+
+def reset_breaker() -> None:
+    Breaker.objects.filter(pk=1).exclude(failures=0, until=None).update(failures=0, until=None)
 
 
 @dataclass
@@ -79,6 +199,20 @@ class Courier:
     transport: SmtpTransport | None = None
     settings_version: object = None
     counts: Counter = field(default_factory=Counter)  # outcomes, for the worker's log
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    # The server's answer to a send not yet committed: recorded even if interrupted.
+    _unrecorded: tuple | None = field(default=None, repr=False)
+    _probing: bool = field(default=False, repr=False)  # the breaker had tripped before
+
+    def request_stop(self) -> None:
+        """Stop soon; safe from another thread or a signal handler. The drain finishes the
+        message in flight, gives back every other message this worker holds at once, closes
+        the connection and returns; later drains return 0 at once."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     def transport_for_current_settings(self) -> SmtpTransport:
         record = store.load()
@@ -94,48 +228,119 @@ class Courier:
             self.transport.close()
             self.transport = None
 
+    def abort(self) -> None:
+        """Drop the connection without a word: its state is unknown."""
+        if self.transport is not None:
+            self.transport.abort()
+            self.transport = None
+
     def drain(
         self, batch_size: int | None = None, on_claim: Callable[[], None] | None = None
     ) -> int:
         """Deliver every message that was due when the drain began, batch after batch.
-        Returns how many were handled. A retry scheduled meanwhile waits for its time.
-        `on_claim` runs once, when the first batch is claimed."""
+        Returns how many were handled (delivered, failed, retried or held back). A retry
+        scheduled meanwhile waits for its time. `on_claim` runs once, at the first claim.
+
+        An exception of any kind (a job system's timeout, SystemExit, KeyboardInterrupt, a
+        bug) drops the connection, gives back every message this worker holds, and goes on."""
+        try:
+            return self._drain(batch_size or settings.OUTBOX_BATCH_SIZE, on_claim)
+        except BaseException:
+            self.abort()
+            self._give_back()
+            raise
+
+    def _drain(self, batch_size: int, on_claim: Callable[[], None] | None) -> int:
         started = timezone.now()
+        state = breaker()
+        if self.stopping or (state is not None and state.until and state.until > started):
+            return 0  # stopping, or the server could not be reached: the queue waits as a whole
+        self._probing = state is not None and state.failures > 0
         handled = 0
-        down: SmtpProblem | None = None  # the connection failed: the rest waits for a retry
-        while batch := claim(self.worker, batch_size or settings.OUTBOX_BATCH_SIZE, started):
-            if on_claim is not None and not handled:
+        first = True
+        while not self.stopping and (batch := claim(self.worker, batch_size, started)):
+            if on_claim is not None and first:
                 on_claim()
-            handled += len(batch)
-            if down is None:
-                try:
-                    transport = self.transport_for_current_settings()
-                except SmtpProblem as problem:  # settings incomplete or password unreadable
-                    down = problem
-            for email in batch:
-                if down is not None:
-                    self.record(email, problem=down)
-                    continue
-                problem = self.deliver(transport, email)
-                if problem is not None and problem.step not in MESSAGE_STEPS:
-                    down = problem  # do not knock on the same closed door for every message
+            first = False
+            done, problem = self._deliver_batch(batch)
+            handled += done
+            if problem is not None:  # do not knock on the same closed door for every message
+                return handled + hold_queue(self.worker, problem)
+        if self.stopping:
+            self._give_back()
+            self.close()
         return handled
 
-    def deliver(self, transport: SmtpTransport, email: OutboundEmail) -> SmtpProblem | None:
+    def _deliver_batch(self, batch: list[OutboundEmail]) -> tuple[int, SmtpProblem | None]:
+        """Send what is still ours of `batch`. Returns how many were handled, and the problem
+        with the connection that ended the batch, if one did."""
+        try:
+            transport = self.transport_for_current_settings()
+        except SmtpProblem as problem:  # settings incomplete or password unreadable
+            return 0, problem
+        renewed = time.monotonic()
+        mine = True  # the claim was just made
+        done = 0
+        for index, email in enumerate(batch):
+            if self.stopping:
+                break
+            if time.monotonic() - renewed > settings.OUTBOX_LEASE_SECONDS / 3:
+                renew_claims(self.worker)  # the rest of the batch stays ours
+                renewed = time.monotonic()
+            if not mine and not still_mine(self.worker, email.pk):
+                continue  # another worker holds it now: it is theirs to send
+            following = batch[index + 1] if index + 1 < len(batch) else None
+            problem, mine = self.deliver(transport, email, check=following)
+            if problem is not None and concerns_connection(problem):
+                return done, problem
+            done += 1
+            if self._probing and (problem is None or problem.reply[0] >= 400):
+                reset_breaker()  # the server answered: the queue flows again
+                self._probing = False
+        return done, None
+
+    def _give_back(self) -> int:
+        """Record a reply that arrived but was not yet committed, then release the rest."""
+        try:
+            if self._unrecorded is not None:
+                email, refused = self._unrecorded
+                self.record(email, refused=refused)
+            return release_claims(self.worker)
+        except Exception:  # the lease runs out and another worker takes them
+            log.exception("Outbox: could not give back the messages of %s", self.worker)
+            return 0
+        finally:
+            self._unrecorded = None
+
+    def deliver(
+        self,
+        transport: SmtpTransport,
+        email: OutboundEmail,
+        *,
+        check: OutboundEmail | None = None,
+    ) -> tuple[SmtpProblem | None, bool]:
+        """Send one message and record the outcome; in the same transaction, check (and renew)
+        the claim on `check`, the message to send next. Returns the problem, if any, and
+        whether `check` is still ours. A problem with the connection is not recorded here."""
         recipients = pending_addresses(email.recipients)
         try:
             data = email.message_bytes()
         except BodyUnavailable as error:
             # A problem of this message alone: fail it, and the connection serves the rest.
-            self.record(email, problem=SmtpProblem("body", str(error), kind="body-unavailable"))
-            return None
+            problem = SmtpProblem("body", str(error), kind="body-unavailable")
+            return None, self.record(email, problem=problem, check=check)
         try:
             refused = transport.send(email.envelope_from, recipients, data)
         except SmtpProblem as problem:
-            self.record(email, problem=problem)
-            return problem
-        self.record(email, refused=refused)
-        return None
+            if interrupted(problem):  # drain() gives everything back
+                raise (problem.__context__ or problem) from None  # as it was raised
+            if concerns_connection(problem):
+                return problem, False
+            return problem, self.record(email, problem=problem, check=check)
+        self._unrecorded = (email, refused)
+        mine = self.record(email, refused=refused, check=check)
+        self._unrecorded = None
+        return None, mine
 
     def record(
         self,
@@ -143,7 +348,10 @@ class Courier:
         *,
         refused: dict[str, tuple[int, str]] | None = None,
         problem: SmtpProblem | None = None,
-    ) -> None:
+        check: OutboundEmail | None = None,
+    ) -> bool:
+        """Commit what the server said about `email`, if it is still ours. Returns whether the
+        claim on `check` is still ours (renewing it), checked in the same transaction."""
         now = timezone.now()
         if problem is None:
             recipients = record_refusals(email.recipients, refused or {})
@@ -154,10 +362,7 @@ class Courier:
         if status == Status.QUEUED:
             when = retry_policy().next_attempt(email.created_at, now, email.attempts)
             if when is None:  # the retry window is over: refuse who is left
-                recipients = [
-                    {**r, "status": "refused"} if r["status"] == "pending" else r
-                    for r in recipients
-                ]
+                recipients = give_up(recipients)
                 status = settle(recipients)
                 changes["recipients"] = recipients
             else:
@@ -168,19 +373,20 @@ class Courier:
             changes["message_token"] = ""  # nobody needs it again: only the mailbox keeps it
         changes["last_error"] = str(problem) if problem is not None else ""
         outcome = _outcome(status, refused, problem)
-        self.counts[outcome] += 1
         with transaction.atomic():
             # Only the claim holder writes: a worker whose lease ran out lost the message.
-            OutboundEmail.objects.filter(pk=email.pk, claimed_by=self.worker).update(**changes)
-            DeliveryAttempt.objects.create(
-                email=email,
-                at=now,
-                worker=self.worker,
-                outcome=outcome,
-                step=problem.step if problem else "data",
-                reply=problem.server_reply if problem else _refusal_text(refused),
-                advice=problem.advice if problem else "",
-            )
+            if held_by(self.worker).filter(pk=email.pk).update(**changes):
+                self.counts[outcome] += 1
+                DeliveryAttempt.objects.create(
+                    email=email,
+                    at=now,
+                    worker=self.worker,
+                    outcome=outcome,
+                    step=problem.step if problem else "data",
+                    reply=problem.server_reply if problem else _refusal_text(refused),
+                    advice=problem.advice if problem else "",
+                )
+            return check is not None and still_mine(self.worker, check.pk)
 
 
 def _outcome(status: str, refused, problem) -> str:
@@ -198,13 +404,21 @@ def _refusal_text(refused: dict[str, tuple[int, str]] | None) -> str:
 
 
 def schedule_retries() -> datetime.datetime | None:
-    """When the next queued message is due, for a deferred wake-up."""
+    """When the next queued message is due, for a deferred wake-up; not before the breaker
+    lets the queue go."""
     nxt = OutboundEmail.objects.filter(status=Status.QUEUED).order_by("next_attempt_at").first()
-    return nxt.next_attempt_at if nxt else None
+    if nxt is None:
+        return None
+    state = breaker()
+    if state is not None and state.until is not None:
+        return max(nxt.next_attempt_at, state.until)
+    return nxt.next_attempt_at
 
 
 def retry_soon() -> int:
-    """After the SMTP settings change: waiting messages are tried again now."""
+    """After the SMTP settings change: waiting messages are tried again now, and a server
+    that could not be reached is tried again at once."""
+    reset_breaker()
     count = OutboundEmail.objects.filter(
         status=Status.QUEUED, next_attempt_at__gt=timezone.now()
     ).update(next_attempt_at=timezone.now())

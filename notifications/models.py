@@ -93,6 +93,19 @@ class OutboundEmail(models.Model):
             raise BodyUnavailable(BODY_UNREADABLE) from None
 
 
+class Breaker(models.Model):
+    """The SMTP server could not be reached, or would not let us in: the queue as a whole waits
+    until `until`, and no message is charged an attempt for it. One row; a drain that reaches
+    the server resets it, and so does saving the SMTP settings."""
+
+    until = models.DateTimeField(null=True, blank=True)
+    failures = models.PositiveIntegerField(default=0)  # in a row: the wait grows with them
+    reason = models.TextField(blank=True)  # the last problem, as the outbox shows it
+
+    def __str__(self) -> str:
+        return f"holding the queue until {self.until}: {self.reason}" if self.until else "idle"
+
+
 class DeliveryAttempt(models.Model):
     """One try at delivering one message: when, how far it got, what the server said."""
 

@@ -30,6 +30,51 @@ class RetryPolicy:
         when = now + datetime.timedelta(seconds=self.delay(attempts))
         return when if when - created <= self.window else None
 
+    def expired(self, created: datetime.datetime, now: datetime.datetime) -> bool:
+        return now - created > self.window
+
+
+# The queue as a whole waits this long at most while the server cannot be reached: a probe
+# costs one connection attempt, whatever the queue holds, so it can be frequent.
+BREAKER_MAX_DELAY = 300.0
+
+
+def breaker_delay(first_delay: float, failures: int, rng: random.Random | None = None) -> float:
+    """How long the whole queue waits after `failures` connection failures in a row."""
+    return RetryPolicy(first_delay=first_delay, max_delay=BREAKER_MAX_DELAY).delay(failures, rng)
+
+
+# A problem at any of these steps concerns one message; at any other step (resolve, connect,
+# TLS, greeting, EHLO, sign-in, token) it concerns the connection, and so the whole queue.
+MESSAGE_STEPS = ("mail", "rcpt", "data")
+# Problems of the message itself that no retry can change, though no server said 5xx.
+MESSAGE_KINDS = ("body-unavailable", "smtputf8-missing")
+
+
+def refusal(code: int) -> bool:
+    """A permanent refusal is a 5xx reply, and only that: a 250 read out of step is never one."""
+    return 500 <= code < 600
+
+
+def refuses(problem: SmtpProblem) -> bool:
+    """Whether `problem` fails the message for good: a 5xx reply to its MAIL, RCPT or DATA, or
+    something about the message itself (its body is gone, the server cannot take its
+    addresses). A connection that failed, a timeout, an interruption never do."""
+    if problem.kind in MESSAGE_KINDS:
+        return True
+    return problem.step in MESSAGE_STEPS and bool(problem.reply) and refusal(problem.reply[0])
+
+
+def concerns_connection(problem: SmtpProblem) -> bool:
+    """The server could not be reached or would not let us in: no message is to blame."""
+    return problem.step not in MESSAGE_STEPS and problem.kind not in MESSAGE_KINDS
+
+
+def interrupted(problem: SmtpProblem) -> bool:
+    """The transport explains every exception raised inside a step; one that is neither an
+    OSError nor a server's reply (a job system's timeout, a bug) was an interruption."""
+    return problem.kind == "other" and not problem.temporary
+
 
 def record_refusals(recipients: list[dict], refused: dict[str, tuple[int, str]]) -> list[dict]:
     """After the server accepted the message: each pending recipient is sent, refused for
@@ -39,33 +84,39 @@ def record_refusals(recipients: list[dict], refused: dict[str, tuple[int, str]])
         entry = dict(entry)
         if entry["status"] == PENDING:
             reply = refused.get(entry["address"])
-            if reply is None:
+            if reply is None or reply[0] < 400:
                 entry.update(status=SENT, reply="")
             else:
                 code, text = reply
-                entry.update(
-                    status=PENDING if 400 <= code < 500 else REFUSED, reply=f"{code} {text}"
-                )
+                entry.update(status=REFUSED if refusal(code) else PENDING, reply=f"{code} {text}")
         updated.append(entry)
     return updated
 
 
 def record_problem(recipients: list[dict], problem: SmtpProblem) -> list[dict]:
-    """Nobody got the message. Permanent problems refuse every pending recipient; temporary
-    ones leave them pending."""
+    """Nobody got the message. A recipient the server answered at RCPT keeps that reply (a
+    5xx refuses it); the others share the problem's fate: refused only if `refuses()`."""
+    refuse_all = refuses(problem)
     updated = []
     for entry in recipients:
         entry = dict(entry)
         if entry["status"] == PENDING:
             reply = problem.refused.get(entry["address"])
-            code = reply[0] if reply else (problem.reply[0] if problem.reply else 0)
-            text = f"{reply[0]} {reply[1]}" if reply else problem.server_reply
-            if (reply and 400 <= code < 500) or (not reply and problem.temporary):
-                entry.update(reply=text or problem.advice)
+            if reply is not None:
+                code, text = reply
+                entry.update(status=REFUSED if refusal(code) else PENDING, reply=f"{code} {text}")
             else:
-                entry.update(status=REFUSED, reply=text or problem.advice)
+                entry.update(
+                    status=REFUSED if refuse_all else PENDING,
+                    reply=problem.server_reply or problem.advice,
+                )
         updated.append(entry)
     return updated
+
+
+def give_up(recipients: list[dict]) -> list[dict]:
+    """The retry window is over: who is still pending is refused, with the last reply."""
+    return [{**r, "status": REFUSED} if r["status"] == PENDING else r for r in recipients]
 
 
 def pending_addresses(recipients: list[dict]) -> list[str]:

@@ -189,6 +189,11 @@ class SmtpTransport:
         finally:
             smtp.close()
 
+    def abort(self) -> None:
+        """Drop the connection at once, without QUIT: after an interruption its state is
+        unknown, and a QUIT could wait on a stalled server."""
+        self._discard()
+
     def _discard(self) -> None:
         """Drop a connection that failed half-way; it is never reused."""
         smtp, self._smtp = self._smtp, None
@@ -311,12 +316,15 @@ class SmtpTransport:
     def send(self, sender: str, recipients: Sequence[str], data: bytes) -> Refusals:
         """Send one message. Returns the refused recipients when others accepted it;
         raises SmtpProblem when nobody got it."""
-        self._prepare()
         try:
+            self._prepare()
             refused = self._transaction(sender, recipients, data)
         except SmtpProblem as problem:
-            if problem.reply and problem.reply[0] in (0, 421):
-                self._discard()  # the connection broke or the server is closing it
+            if not _answered(problem):
+                self._discard()  # it broke, the server is closing it, or its replies are astray
+            raise
+        except BaseException:
+            self._discard()  # interrupted half-way: the next reply read might be this one's
             raise
         self._sent_on_connection += 1
         self._last_activity = self._last_send = self._clock()
@@ -399,7 +407,9 @@ class SmtpTransport:
                 if code != 250:
                     raise smtplib.SMTPDataError(code, reply)
             return refused
-        except SmtpProblem:
+        except SmtpProblem as problem:
+            if step == "data":  # a recipient refused at RCPT keeps its own reply
+                problem.refused = {**_printable(refused), **problem.refused}
             raise
         except OSError as error:  # smtplib's exceptions are OSErrors too
             problem = explain(step, error, self.plan)
@@ -408,6 +418,8 @@ class SmtpTransport:
             )
             if not answered:
                 self._discard()  # the connection broke: never reuse it
+            if step == "data":
+                problem.refused = {**_printable(refused), **problem.refused}
             raise problem from None
 
     @staticmethod
@@ -446,7 +458,7 @@ class SmtpTransport:
         started = time.perf_counter()
         try:
             yield step
-        except BaseException as error:
+        except Exception as error:  # SystemExit and KeyboardInterrupt go on as they are
             step.ok = False
             problem = self._explain(name, error)
             step.seconds = time.perf_counter() - started
@@ -507,6 +519,17 @@ class SmtpTransport:
                 smtp.quit()
             except (OSError, smtplib.SMTPException):
                 smtp.close()
+
+
+def _answered(problem: SmtpProblem) -> bool:
+    """The server refused, in step, with a 4xx or 5xx: the connection can serve the next
+    message. Anything else (no reply, 421, a 2xx where a refusal was read) drops it."""
+    code = problem.reply[0] if problem.reply else 0
+    return 400 <= code < 600 and code != 421
+
+
+def _printable(refused: Refusals) -> Refusals:
+    return {address: (code, printable(text)) for address, (code, text) in refused.items()}
 
 
 def _reply(reply: tuple) -> str:
