@@ -160,14 +160,16 @@ def test_token_endpoint_down_mail_waits_then_goes(server, endpoint, workers, tmp
     assert_no_secret_anywhere(endpoint, tmp_path)
 
 
-def test_a_refused_credential_fails_the_queue_and_says_why(server, endpoint):
+def test_a_refused_credential_holds_the_queue_and_says_why(server, endpoint):
+    """No server refused the mail (issue 12: only a 5xx reply to a message fails it): the queue
+    waits, uncharged, with the provider's words, until the settings are fixed."""
     use_microsoft(server, endpoint)
     endpoint.client_secret = "the secret was replaced at Microsoft"
     queue(3)
     Courier(worker="test").drain()
-    failed = OutboundEmail.objects.filter(status=Status.FAILED)
-    assert failed.count() == 3
-    assert "AADSTS7000215 means the client secret is wrong" in failed.first().last_error
+    waiting = OutboundEmail.objects.filter(status=Status.QUEUED, attempts=0)
+    assert waiting.count() == 3
+    assert "AADSTS7000215 means the client secret is wrong" in waiting.first().last_error
     assert server.recorder.xoauth2 == [] and endpoint.count == 1
 
 
