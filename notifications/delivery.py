@@ -43,6 +43,7 @@ from smtpsettings.transport import SmtpTransport
 from .models import BodyUnavailable, Breaker, DeliveryAttempt, OutboundEmail, Status
 from .policy import (
     RetryPolicy,
+    answered,
     breaker_delay,
     concerns_connection,
     give_up,
@@ -294,7 +295,7 @@ class Courier:
             if problem is not None and concerns_connection(problem):
                 return done, problem
             done += 1
-            if self._probing and (problem is None or problem.reply[0] >= 400):
+            if self._probing and answered(problem):
                 reset_breaker()  # the server answered: the queue flows again
                 self._probing = False
         return done, None
@@ -328,7 +329,7 @@ class Courier:
         except BodyUnavailable as error:
             # A problem of this message alone: fail it, and the connection serves the rest.
             problem = SmtpProblem("body", str(error), kind="body-unavailable")
-            return None, self.record(email, problem=problem, check=check)
+            return problem, self.record(email, problem=problem, check=check)
         try:
             refused = transport.send(email.envelope_from, recipients, data)
         except SmtpProblem as problem:

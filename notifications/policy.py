@@ -70,6 +70,11 @@ def concerns_connection(problem: SmtpProblem) -> bool:
     return problem.step not in MESSAGE_STEPS and problem.kind not in MESSAGE_KINDS
 
 
+def answered(problem: SmtpProblem | None) -> bool:
+    """The server replied to the message (accepted it, or refused with a 4xx or 5xx)."""
+    return problem is None or (bool(problem.reply) and 400 <= problem.reply[0] < 600)
+
+
 def interrupted(problem: SmtpProblem) -> bool:
     """The transport explains every exception raised inside a step; one that is neither an
     OSError nor a server's reply (a job system's timeout, a bug) was an interruption."""

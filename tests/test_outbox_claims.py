@@ -23,6 +23,8 @@ from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 from notifications.delivery import Courier
 from notifications.models import OutboundEmail, Status
 from notifications.policy import record_problem, settle
+from smtpsettings import store
+from smtpsettings.forms import SmtpSettingsForm
 from smtpsettings.problems import SmtpProblem
 from tests.outbox import point_settings_at, queue
 from tests.smtpservers import Received, Recorder, free_port, require_test_host, smtp_server
@@ -252,3 +254,27 @@ def test_an_unreachable_server_defers_every_waiting_message_to_one_time(settings
     Courier().drain(batch_size=4)
     times = set(OutboundEmail.objects.values_list("next_attempt_at", flat=True))
     assert len(times) == 1 and times.pop() > timezone.now()
+
+
+def test_saving_the_smtp_settings_lets_a_held_queue_go_at_once(settings):
+    settings.OUTBOX_RETRY_FIRST_DELAY = 30  # the queue is held for 15 to 30 s
+    point_settings_at("smtp.gatewaymgr.test", free_port())
+    queue(3)
+    courier = Courier()
+    courier.drain()
+    assert statuses() == {Status.QUEUED: 3}
+    with smtp_server() as server:
+        form = SmtpSettingsForm(
+            {
+                "sender_email": "gateway@example.com",
+                "host": server.host,
+                "port": str(server.port),
+                "encryption": "auto",
+                "options": '{"auto_tls": false}',
+            },
+            instance=store.load(),
+        )
+        assert form.is_valid(), form.errors
+        form.save(actor=None, actor_name="test", source="test")  # the administrator fixed it
+        courier.drain()
+    assert statuses() == {Status.SENT: 3} and len(server.messages) == 3
