@@ -26,18 +26,8 @@ from django.db import close_old_connections, connection
 from django.db.models import Min
 from django.utils import timezone
 
-from .delivery import WORKER_ID, Courier
+from .delivery import WORKER_ID, Courier, breaker, release_claims
 from .models import OutboundEmail, Status
-
-try:
-    from .delivery import release_claims
-except ImportError:  # TEMPORARY until delivery.py (engineer "claims") provides it
-
-    def release_claims(worker: str) -> int:
-        return OutboundEmail.objects.filter(status=Status.SENDING, claimed_by=worker).update(
-            status=Status.QUEUED, claimed_by="", lease_until=None, next_attempt_at=timezone.now()
-        )
-
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +72,15 @@ def _margin() -> datetime.timedelta:
 
 
 def next_moments() -> tuple[datetime.datetime | None, datetime.datetime | None]:
-    """When the next queued message is due, and when the next claim runs out."""
+    """When the next queued message is due (not before the breaker lets the queue go), and
+    when the next claim runs out."""
     queued = OutboundEmail.objects.filter(status=Status.QUEUED).aggregate(t=Min("next_attempt_at"))
     leases = OutboundEmail.objects.filter(status=Status.SENDING).aggregate(t=Min("lease_until"))
-    return queued["t"], leases["t"]
+    next_due = queued["t"]
+    state = breaker()
+    if next_due is not None and state is not None and state.until and next_due < state.until:
+        next_due = state.until
+    return next_due, leases["t"]
 
 
 def sweep() -> int:
@@ -143,9 +138,7 @@ class DeliveryLoop:
         self.stopped_at = time.monotonic()
         log.info("Outbox: stopping; the message in flight is finished, the rest released")
         self.stopping.set()
-        request_stop = getattr(courier(), "request_stop", None)  # TEMPORARY getattr
-        if request_stop is not None:
-            request_stop()
+        courier().request_stop()
         self.doorbell.set()
 
     def join(self, timeout: float | None = None) -> bool:

@@ -85,10 +85,10 @@ def test_retry_a_failed_message_and_it_is_delivered(admin_client):
         email = OutboundEmail.objects.get()
         assert email.status == Status.FAILED
         recorder.refuse_sender = None  # the administrator fixed the sender
-        tasks_before = DBTaskResult.objects.count()
+        DBTaskResult.objects.all().delete()  # a worker took the first wake-up
         response = admin_client.post(f"{URL}{email.pk}/retry/", follow=True)
         assert "It will be sent again shortly." in response.content.decode()
-        assert DBTaskResult.objects.count() == tasks_before + 1
+        assert DBTaskResult.objects.count() == 1  # a worker is woken
         Courier().drain()
     email.refresh_from_db()
     assert email.status == Status.SENT and len(server.messages) == 1
