@@ -67,7 +67,9 @@ def queue_unique(count: int, tag: str, per_call: int = 50, recipients: int = 1) 
     return addresses
 
 
-def settle(server: DurableSmtp, killed=(), timeout: float = SETTLE) -> Reconciliation:
+def settle(
+    server: DurableSmtp, killed=(), timeout: float = SETTLE, grace: float = GRACE
+) -> Reconciliation:
     """Wait (bounded) for every message to reach a final state, then reconcile."""
     with suppress(AssertionError):
         wait_until(
@@ -75,7 +77,7 @@ def settle(server: DurableSmtp, killed=(), timeout: float = SETTLE) -> Reconcili
             timeout=timeout,
             what="every message sent or failed",
         )
-    return reconcile(outbox_rows(), server.events(), killed=killed, now=time.time(), grace=GRACE)
+    return reconcile(outbox_rows(), server.events(), killed=killed, now=time.time(), grace=grace)
 
 
 def sent_by(server: DurableSmtp, pid: int) -> int:
@@ -199,18 +201,20 @@ def test_a_batch_slower_than_its_lease_is_not_sent_twice(workers, server):
 
 
 def test_a_worker_killed_after_its_watchdog_fired_strands_nothing(workers, server):
-    # One worker holds a slow batch well past the first lease (any wake-up scheduled at the
-    # first claim has fired by then); it is killed; the other worker stays alive.
-    point_settings_at(server.host, server.port, max_per_second=5)
-    queue_unique(40, "late", per_call=40)
-    running = [workers(OUTBOX_BATCH_SIZE="40", **ENV) for _ in range(2)]
-    wait_until(lambda: len(server.accepted()) >= 20, what="20 of the slow batch delivered")
-    holder = holder_pid()
-    killed = [kill_worker(p) for p in running if p.pid == holder]
-    assert killed, "a worker holds the batch"
-    result = settle(server, killed)
+    # One worker drains 80 messages at 10 per second in batches of 20, each batch well within
+    # its 5 s lease; a wake-up scheduled at its first claim (lease + 1 s) is due while the
+    # fourth batch is claimed and its lease still runs. A second worker starts (and may run
+    # that wake-up: nothing to claim yet), the first is killed, and no new mail arrives.
+    env = {**ENV, "OUTBOX_LEASE_SECONDS": "5", "OUTBOX_BATCH_SIZE": "20"}
+    point_settings_at(server.host, server.port, max_per_second=10)
+    queue_unique(80, "late", per_call=80)
+    first = workers(**env)
+    wait_until(lambda: len(server.accepted()) >= 70, what="70 of the batches delivered")
+    workers(**env)
+    killed = [kill_worker(first)]
+    result = settle(server, killed, grace=5 + SWEEP + 5)
     assert result.ok, str(result)
-    assert result.delivered == 40
+    assert result.delivered == 80
 
 
 def test_sigterm_finishes_the_message_in_flight_and_releases_the_rest(workers, server):
