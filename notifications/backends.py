@@ -15,7 +15,6 @@ does both.
 
 from __future__ import annotations
 
-import copy
 import uuid
 from collections.abc import Sequence
 
@@ -26,7 +25,13 @@ from django.core.mail.backends.base import BaseEmailBackend
 from django.db import models, transaction
 
 from smtpsettings import store
-from smtpsettings.backends import envelope_address, sender_of
+from smtpsettings.backends import (
+    Addressing,
+    addressed,
+    addressing_of,
+    envelope_address,
+    envelope_sender,
+)
 
 from .models import Category, OutboundEmail, seal
 from .policy import PENDING
@@ -55,19 +60,18 @@ class OutboxBackend(BaseEmailBackend):
         messages = [m for m in email_messages if m.recipients()]
         if not messages:
             return []
-        default_from = sender_of(store.load())
+        addressing = addressing_of(store.load())
         batch = uuid.uuid4().hex if len(messages) > 1 else ""
-        rows = [self._row(message, default_from, batch) for message in messages]
+        rows = [self._row(message, addressing, batch) for message in messages]
         with transaction.atomic():
             OutboundEmail.objects.bulk_create(rows)
             transaction.on_commit(enqueue_delivery)
         return rows
 
     @staticmethod
-    def _row(message: EmailMessage, default_from: str, batch: str) -> OutboundEmail:
-        if message.from_email in ("", None, settings.DEFAULT_FROM_EMAIL) and default_from:
-            message = copy.copy(message)
-            message.from_email = default_from
+    def _row(message: EmailMessage, addressing: Addressing, batch: str) -> OutboundEmail:
+        # The stored sender, Reply-To and bounce address, as StoredSettingsBackend sets them.
+        message = addressed(message, addressing)
         encoding = message.encoding or settings.DEFAULT_CHARSET
         mime = message.message()
         cause = getattr(message, "outbox_cause", None)
@@ -78,7 +82,7 @@ class OutboxBackend(BaseEmailBackend):
             cause_id=str(cause.pk) if cause is not None else "",
             message_id=mime["Message-ID"] or "",
             subject=str(message.subject)[:255],
-            envelope_from=envelope_address(message.from_email, encoding),
+            envelope_from=envelope_sender(message, addressing),
             recipients=[{"address": a, "status": PENDING, "reply": ""} for a in recipients],
             to_text=" ".join(recipients).lower(),
             batch=batch,

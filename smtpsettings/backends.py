@@ -4,8 +4,11 @@
 
 It keeps Django's open(), close() and send_messages() semantics, including fail_silently,
 and reads the stored settings once per connection. A message whose From is empty or
-DEFAULT_FROM_EMAIL is sent from the stored sender address and name. Failures raise
-`smtpsettings.problems.SmtpProblem`, an `smtplib.SMTPException` that says what to do.
+DEFAULT_FROM_EMAIL is sent from the stored sender address and name; the stored Reply-To is set
+on a message that has none, and the stored bounce address is the envelope sender (MAIL FROM).
+Failures raise `smtpsettings.problems.SmtpProblem`, an `smtplib.SMTPException` that says what
+to do; a refused sign-in, sender or recipients is also smtplib's SMTPAuthenticationError,
+SMTPSenderRefused or SMTPRecipientsRefused, with their attributes, as Django's backend raises.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import re
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from email.headerregistry import Address
 from email.utils import parseaddr
 
@@ -22,6 +26,7 @@ from django.conf import settings
 from django.core.mail import EmailMessage
 from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.message import sanitize_address
+from django.utils.encoding import force_str
 
 from . import oauth, store
 from .auth import Authenticator, NoSignIn, PasswordAuthenticator, XOAuth2Authenticator
@@ -42,7 +47,10 @@ _PLAIN_ADDRESS = re.compile(
 
 
 def envelope_address(address: str, encoding: str) -> str:
-    """The bare address for MAIL FROM / RCPT TO, as Django's SMTP backend would send it."""
+    """The bare address for MAIL FROM / RCPT TO, as Django's SMTP backend would send it: an
+    international domain in punycode. `address` may be a lazy translation (Django's ticket
+    24416)."""
+    address = force_str(address)
     if _PLAIN_ADDRESS.fullmatch(address):
         return address
     return parseaddr(sanitize_address(address, encoding))[1]
@@ -126,12 +134,50 @@ def sender_of(record: SmtpSettings) -> str:
     return record.sender_email
 
 
+@dataclass(frozen=True)
+class Addressing:
+    """What the stored settings put on every message the product sends."""
+
+    sender: str  # the From of a message that names none (or DEFAULT_FROM_EMAIL)
+    reply_to: str = ""  # Reply-To, unless the message has its own
+    bounce: str = ""  # the envelope sender (MAIL FROM); blank: the From's address
+
+
+def addressing_of(record: SmtpSettings) -> Addressing:
+    return Addressing(sender_of(record), record.reply_to, record.bounce_address)
+
+
+def addressed(message: EmailMessage, addressing: Addressing) -> EmailMessage:
+    """The message as it goes out: the stored sender and Reply-To where the caller gave none.
+    A copy when anything changes: the caller's message stays as it was."""
+    default_from = message.from_email in ("", None, settings.DEFAULT_FROM_EMAIL)
+    own_reply_to = message.reply_to or any(
+        name.lower() == "reply-to" for name in message.extra_headers
+    )
+    set_from = default_from and addressing.sender
+    set_reply_to = addressing.reply_to and not own_reply_to
+    if not (set_from or set_reply_to):
+        return message
+    message = copy.copy(message)
+    if set_from:
+        message.from_email = addressing.sender
+    if set_reply_to:
+        message.reply_to = [addressing.reply_to]
+    return message
+
+
+def envelope_sender(message: EmailMessage, addressing: Addressing) -> str:
+    """MAIL FROM: the stored bounce address, else the From's bare address."""
+    encoding = message.encoding or settings.DEFAULT_CHARSET
+    return envelope_address(addressing.bounce or message.from_email, encoding)
+
+
 class StoredSettingsBackend(BaseEmailBackend):
     def __init__(self, fail_silently: bool = False, **kwargs) -> None:
         super().__init__(fail_silently=fail_silently, **kwargs)
         self.transport: SmtpTransport | None = None
         self._partial_transport: SmtpTransport | None = None
-        self._default_from = ""
+        self._addressing = Addressing("")
         self._senders: dict[tuple[str, str], str] = {}
         self._lock = threading.RLock()
 
@@ -147,7 +193,8 @@ class StoredSettingsBackend(BaseEmailBackend):
         try:
             record = store.load()
             self._partial_transport = transport_for(record)
-            self._default_from = sender_of(record)
+            self._addressing = addressing_of(record)
+            self._senders.clear()
             self._partial_transport.open()
             self.transport, self._partial_transport = self._partial_transport, None
             return True
@@ -183,13 +230,11 @@ class StoredSettingsBackend(BaseEmailBackend):
     def _send(self, message: EmailMessage) -> bool:
         if not message.recipients():
             return False
-        if message.from_email in ("", None, settings.DEFAULT_FROM_EMAIL) and self._default_from:
-            message = copy.copy(message)  # the caller's message stays as it was
-            message.from_email = self._default_from
+        message = addressed(message, self._addressing)
         encoding = message.encoding or settings.DEFAULT_CHARSET
-        key = (message.from_email, encoding)
+        key = (force_str(message.from_email), encoding)
         if key not in self._senders:  # one sender for thousands of messages: parse it once
-            self._senders[key] = envelope_address(message.from_email, encoding)
+            self._senders[key] = envelope_sender(message, self._addressing)
         envelope_from = self._senders[key]
         recipients = [envelope_address(address, encoding) for address in message.recipients()]
         data = message.message().as_bytes(linesep="\r\n")

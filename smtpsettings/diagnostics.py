@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from email.utils import parseaddr
 from typing import Any
 
 from django.core.mail import EmailMessage
 from django.utils import timezone
 
-from .backends import sender_of, transport_for
+from .backends import addressed, addressing_of, envelope_address, envelope_sender, transport_for
 from .models import SmtpSettings
 from .problems import SmtpProblem
 from .transport import Step
@@ -79,7 +78,8 @@ def _certificate(info) -> dict[str, Any] | None:
 
 
 def build_test_email(record: SmtpSettings, recipient: str) -> EmailMessage:
-    return EmailMessage(
+    """The test message, addressed as real mail is: the stored sender and Reply-To."""
+    message = EmailMessage(
         subject="Gateway Manager test e-mail",
         body=(
             "This is a test e-mail from Gateway Manager.\n\n"
@@ -87,9 +87,9 @@ def build_test_email(record: SmtpSettings, recipient: str) -> EmailMessage:
             f"{timezone.now():%Y-%m-%d %H:%M:%S %Z}. If you can read it, the SMTP settings "
             "work: invitations and notifications will arrive the same way.\n"
         ),
-        from_email=sender_of(record),
         to=[recipient],
     )
+    return addressed(message, addressing_of(record))
 
 
 def send_test_email(record: SmtpSettings, recipient: str) -> Diagnosis:
@@ -102,8 +102,12 @@ def send_test_email(record: SmtpSettings, recipient: str) -> Diagnosis:
         return result
     message = build_test_email(record, recipient)
     data = message.message().as_bytes(linesep="\r\n")
+    # The envelope as real mail has it: the bounce address, international domains in
+    # punycode (a server without SMTPUTF8 takes them, as it takes real mail).
+    sender = envelope_sender(message, addressing_of(record))
+    to = [envelope_address(recipient, message.encoding or "utf-8")]
     try:
-        result.refused = transport.send(parseaddr(record.sender_email)[1], [recipient], data)
+        result.refused = transport.send(sender, to, data)
     except SmtpProblem as problem:
         result.problem = problem
     finally:

@@ -7,7 +7,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from . import keyring
-from .binding import Binding, binding_of
+from .binding import Binding, binding_of, same_or_upgraded
 from .options import OptionsError, SmtpOptions, parse_options
 from .plan import ConnectionPlan, Encryption, SmtpConfig, plan
 
@@ -17,6 +17,15 @@ HELP = {
         "really exists."
     ),
     "sender_name": 'Optional name shown beside the address, such as "Gateway Manager".',
+    "reply_to": (
+        "Optional: where replies go, set as Reply-To on every message Gateway Manager sends, "
+        "such as support@example.com. Blank: replies go to the sender address."
+    ),
+    "bounce_address": (
+        "Optional: the envelope sender (MAIL FROM), where servers return undeliverable mail, "
+        "such as bounces@example.com. The From stays the sender address. Blank: the sender "
+        "address."
+    ),
     "host": "Host name or IP address of your SMTP server.",
     "port": "The TCP port. The default for a secure connection is 587; 465 means SMTPS.",
     "encryption": (
@@ -90,6 +99,12 @@ class SmtpSettings(models.Model):
     )
     sender_name = models.CharField(
         "sender name", max_length=200, blank=True, help_text=HELP["sender_name"]
+    )
+    reply_to = models.EmailField(
+        "Reply-To address", max_length=254, blank=True, help_text=HELP["reply_to"]
+    )
+    bounce_address = models.EmailField(
+        "bounce address", max_length=254, blank=True, help_text=HELP["bounce_address"]
     )
     host = models.CharField("server", max_length=253, blank=True, help_text=HELP["host"])
     port = models.PositiveIntegerField(
@@ -181,7 +196,11 @@ class SmtpSettings(models.Model):
         if not getattr(self, field):
             return ""
         sealed, extra, value = self.unseal_secret(field)
-        if sealed is None or sealed != self.binding() or extra != self._extra_binding(field):
+        current = self.binding()
+        # same_or_upgraded: port 25 and loopback went from plain to opportunistic TLS.
+        if sealed is None or current is None or not same_or_upgraded(sealed, current):
+            raise WrongServerPassword()
+        if extra != self._extra_binding(field):
             raise WrongServerPassword()
         return value
 

@@ -53,7 +53,9 @@ class SmtpProblem(smtplib.SMTPException):
         self.certificate = certificate
         self.certificate_pem = certificate_pem  # as presented, for "Trust this certificate"
         self.refused = {a: (c, printable(t)) for a, (c, t) in (refused or {}).items()}
-        super().__init__(str(self))
+        # Not super(): in the subclasses below the next class is smtplib's, whose __init__
+        # takes the reply; their attributes are properties of this problem instead.
+        smtplib.SMTPException.__init__(self, str(self))
 
     @property
     def server_reply(self) -> str:
@@ -66,6 +68,47 @@ class SmtpProblem(smtplib.SMTPException):
         if self.server_reply:
             return f"{self.advice} (Server replied: {self.server_reply})"
         return self.advice
+
+
+class _ReplyAttributes:
+    """smtplib's smtp_code and smtp_error (bytes, as smtplib has them), from the reply."""
+
+    reply: tuple[int, str] | None
+
+    @property
+    def smtp_code(self) -> int:
+        return self.reply[0] if self.reply else -1
+
+    @property
+    def smtp_error(self) -> bytes:
+        return (self.reply[1] if self.reply else "").encode("utf-8")
+
+
+# Code written for Django's SMTP backend catches smtplib's exceptions and reads their
+# attributes; these problems are those exceptions too (issue 13), keeping the advice as str().
+class SmtpAuthenticationProblem(_ReplyAttributes, SmtpProblem, smtplib.SMTPAuthenticationError):
+    """The server refused the credentials (a password or an OAuth token)."""
+
+
+class SmtpSenderProblem(_ReplyAttributes, SmtpProblem, smtplib.SMTPSenderRefused):
+    """The server refused MAIL FROM; `sender` is the address it refused."""
+
+    def __init__(self, *args, sender: str = "", **kwargs) -> None:
+        self.sender = sender
+        super().__init__(*args, **kwargs)
+
+
+class SmtpRecipientsProblem(SmtpProblem, smtplib.SMTPRecipientsRefused):
+    """The server refused every recipient; `recipients` maps each to (code, reply bytes)."""
+
+    @property
+    def recipients(self) -> dict[str, tuple[int, bytes]]:
+        return {address: (code, text.encode()) for address, (code, text) in self.refused.items()}
+
+
+class SmtpConnectionRefused(SmtpProblem, ConnectionRefusedError):
+    """Nothing accepts connections there: also the ConnectionRefusedError Django's backend
+    lets through."""
 
 
 def reply_of(error: BaseException) -> tuple[int, str] | None:
@@ -115,7 +158,7 @@ def explain(
             temporary=True,
         )
     if isinstance(error, ConnectionRefusedError):
-        return SmtpProblem(
+        return SmtpConnectionRefused(
             step,
             f"Nothing accepts connections on {where}. Check the port (587 for STARTTLS, 465 "
             "for SMTPS, 25 for plain relays) and that the server runs and is reachable from "
@@ -140,7 +183,7 @@ def explain(
     if reply and reply[0] >= 400 and "certificate" in reply[1].lower():
         return _client_certificate_reply(step, reply, plan)
     if isinstance(error, smtplib.SMTPAuthenticationError):
-        return SmtpProblem(
+        return SmtpAuthenticationProblem(
             step,
             f"The server refused the user name or password for {plan.username}. Check both; "
             "some providers need an app password or a setting that allows SMTP sign-in.",
@@ -157,6 +200,8 @@ def explain(
             "sender address that really exists"
             + (f" and that {plan.username} may send as." if plan.username else "."),
             kind="sender-refused",
+            cls=SmtpSenderProblem,
+            sender=sender,
         )
     if isinstance(error, smtplib.SMTPRecipientsRefused):
         refused = {
@@ -172,6 +217,7 @@ def explain(
             (first_code, first_text),
             "The server refused every recipient: " + ", ".join(refused) + ".",
             kind="recipients-refused",
+            cls=SmtpRecipientsProblem,
         )
         problem.refused = refused
         return problem
@@ -186,26 +232,36 @@ def explain(
     )
 
 
-def _rejected(step: str, reply: tuple[int, str] | None, advice: str, *, kind: str) -> SmtpProblem:
+def _rejected(
+    step: str,
+    reply: tuple[int, str] | None,
+    advice: str,
+    *,
+    kind: str,
+    cls: type[SmtpProblem] = SmtpProblem,  # the smtplib exception it also is
+    **attributes: str,
+) -> SmtpProblem:
     code = reply[0] if reply else 0
     if 400 <= code < 500:
-        return SmtpProblem(
+        return cls(
             step,
             f"The server asked to try again later (a temporary refusal at {step.upper()}); "
             "the message will be retried.",
             kind="temporary",
             reply=reply,
             temporary=True,
+            **attributes,
         )
     if code == 552 or (reply and "5.3.4" in reply[1]):
-        return SmtpProblem(
+        return cls(
             step,
             "The message is too large for this server. Send smaller attachments, or raise "
             "the size limit on the server.",
             kind="too-large",
             reply=reply,
+            **attributes,
         )
-    return SmtpProblem(step, advice, kind=kind, reply=reply)
+    return cls(step, advice, kind=kind, reply=reply, **attributes)
 
 
 def _timeout(step: str, plan: ConnectionPlan, where: str) -> SmtpProblem:
@@ -701,4 +757,4 @@ def token_refused(
         kind = "token-not-authorised"
     if retried:
         advice += " The cached token was refused, and a new one was fetched and refused too."
-    return SmtpProblem("auth", advice, kind=kind, reply=(code, text), temporary=True)
+    return SmtpAuthenticationProblem("auth", advice, kind=kind, reply=(code, text), temporary=True)
