@@ -10,13 +10,14 @@ sealed anew. Pure: no I/O.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 
 from .certificates import InvalidCertificate, parse_pem_bundle
 from .plan import ConnectionPlan, Security
 
-# Both kinds of TLS protect a password equally; only plain SMTP is weaker.
-_STRENGTH = {Security.PLAIN: 0, Security.STARTTLS: 1, Security.SMTPS: 1}
+# Both kinds of verified TLS protect a password equally; opportunistic TLS (no certificate
+# checked, plain when STARTTLS is not offered) is weaker, and plain SMTP weaker still.
+_STRENGTH = {Security.PLAIN: 0, Security.OPPORTUNISTIC: 1, Security.STARTTLS: 2, Security.SMTPS: 2}
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,27 @@ def binding_of(plan: ConnectionPlan) -> Binding:
     )
 
 
+def same_or_upgraded(sealed: Binding, current: Binding) -> bool:
+    """May a secret sealed for `sealed` be revealed for `current`? Only for the same binding,
+    or one that differs only by plain SMTP having become opportunistic TLS (what an upgrade
+    does to port 25 and loopback settings): that only tightens."""
+    if sealed == current:
+        return True
+    upgraded = (sealed.security, current.security) == (Security.PLAIN, Security.OPPORTUNISTIC)
+    return upgraded and replace(sealed, security=current.security) == current
+
+
 def loosened(old: Binding, new: Binding) -> list[str]:
     """What going from `old` to `new` loosens, in words; empty when nothing does."""
     reasons = []
     if (old.host, old.port, old.username) != (new.host, new.port, new.username):
         reasons.append("the server, port or user changed")
     if _STRENGTH[Security(new.security)] < _STRENGTH[Security(old.security)]:
-        reasons.append("the connection is no longer encrypted")
+        reasons.append(
+            "the connection is no longer encrypted"
+            if new.security == Security.PLAIN
+            else "the connection no longer requires verified TLS"
+        )
     if old.verify_peer and not new.verify_peer:
         reasons.append("certificate verification was turned off")
     if not set(new.trusted) <= set(old.trusted):

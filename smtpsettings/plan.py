@@ -2,8 +2,10 @@
 
 `plan(config)` implements the encryption rules of the design (the help page's "With
 automatic, STARTTLS is always used unless the host is localhost or port 25. With port 465,
-it switches to SMTPS", made exact). The transport only carries a plan out, and the settings
-page reads the same plan aloud, so what the page says is what the transport does.
+it switches to SMTPS", made exact: on port 25 and to loopback, STARTTLS is used when the server
+offers it, without requiring a valid certificate, like Postfix's `may` level).
+The transport only carries a plan out, and the settings page reads the same plan aloud, so
+what the page says is what the transport does.
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ class Encryption(enum.StrEnum):
 class Security(enum.StrEnum):
     SMTPS = "smtps"  # TLS from the first byte
     STARTTLS = "starttls"  # plain greeting, then STARTTLS; the send fails if it is not offered
+    # STARTTLS when the server offers it, the certificate not verified; plain when not offered.
+    OPPORTUNISTIC = "opportunistic"
     PLAIN = "plain"  # no encryption at all
+
+
+# Verified TLS (SMTPS, required STARTTLS) checks the server; opportunistic TLS only hides the
+# mail from passive eavesdroppers.
+VERIFIED = frozenset({Security.SMTPS, Security.STARTTLS})
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,21 @@ class ConnectionPlan:
 
     @property
     def encrypted(self) -> bool:
+        """TLS is (or, opportunistically, may be) used: a TLS context is needed."""
         return self.security is not Security.PLAIN
+
+    @property
+    def verified(self) -> bool:
+        """TLS is required and the server checked (unless verify_peer is off)."""
+        return self.security in VERIFIED
+
+    @property
+    def unused_trust(self) -> list[str]:
+        """The trusted certificate and pin, when this connection never checks them."""
+        if self.verified:
+            return []
+        unused = ["the trusted certificate"] if self.trusted_certificate else []
+        return unused + (["peer_fingerprint"] if self.peer_fingerprint else [])
 
     @property
     def authenticates(self) -> bool:
@@ -91,11 +114,22 @@ class ConnectionPlan:
         if self.security is Security.SMTPS:
             parts = [f"Connects to {where} with TLS from the first byte (SMTPS: {self.reason})"]
         elif self.security is Security.STARTTLS:
-            parts = [f"Connects to {where}, upgrades with STARTTLS (required)"]
+            why = "" if self.reason == REQUIRED_ELSEWHERE else f": {self.reason}"
+            parts = [f"Connects to {where}, upgrades with STARTTLS (required{why})"]
+        elif self.security is Security.OPPORTUNISTIC:
+            parts = [
+                f"Connects to {where}, upgrades with STARTTLS when the server offers it, "
+                f"without verifying the server certificate, else sends without encryption "
+                f"(opportunistic TLS: {self.reason})"
+            ]
         else:
             parts = [f"Connects to {where} without encryption ({self.reason})"]
-        if self.encrypted:
+        if self.verified:
             parts.append(self._describe_verification())
+        if self.unused_trust:
+            parts.append(
+                f"does not use {' or '.join(self.unused_trust)}, which only verified TLS checks"
+            )
         if self.client_certificate:
             parts.append(self._describe_client_certificate())
         if not self.authenticates:
@@ -125,6 +159,8 @@ class ConnectionPlan:
         if not self.encrypted:
             return f"cannot present the client certificate {name} without TLS"
         text = f"presents the client certificate {name} when the server asks for one"
+        if self.security is Security.OPPORTUNISTIC:
+            text += " (only if STARTTLS is offered)"
         if info and info.expired():
             text += f" (it expired on {info.not_after:%Y-%m-%d})"
         return text
@@ -154,6 +190,9 @@ class ConnectionPlan:
         return text
 
 
+REQUIRED_ELSEWHERE = "STARTTLS is required on every other port"
+
+
 def choose_security(config: SmtpConfig) -> tuple[Security, str]:
     """The design's rules table plus the auto_tls and require_tls options."""
     options = config.options
@@ -165,22 +204,34 @@ def choose_security(config: SmtpConfig) -> tuple[Security, str]:
         return Security.STARTTLS, "require_tls is on"
     if not options.auto_tls:
         return Security.PLAIN, "auto_tls is off"
+    if config.port != PLAIN_PORT and not is_loopback(config.host):
+        return Security.STARTTLS, REQUIRED_ELSEWHERE
+    # Port 25 and loopback: opportunistic, unless the administrator said how to verify this
+    # server. A pin or a trusted certificate that an unverified connection would silently
+    # skip makes TLS required instead, like Postfix's "fingerprint" level.
+    if options.peer_fingerprint:
+        return Security.STARTTLS, "peer_fingerprint is set"
+    if config.trusted_certificate.strip():
+        return Security.STARTTLS, "a trusted certificate is stored"
     if config.port == PLAIN_PORT:
-        return Security.PLAIN, "port 25 is plain SMTP"
-    if is_loopback(config.host):
-        return Security.PLAIN, "the server is this machine"
-    return Security.STARTTLS, "STARTTLS is required on every other port"
+        return Security.OPPORTUNISTIC, "port 25"
+    return Security.OPPORTUNISTIC, "the server is this machine"
 
 
 def plan(config: SmtpConfig) -> ConnectionPlan:
     security, reason = choose_security(config)
     refusal = None
     signs_in = config.auth != "none" and bool(config.username)
-    if signs_in and security is Security.PLAIN and not is_loopback(config.host):
-        fix = "remove auto_tls: false, " if reason == "auto_tls is off" else ""
+    if signs_in and security not in VERIFIED and not is_loopback(config.host):
         secret = "token" if config.auth == "oauth2" else "password"
+        if security is Security.PLAIN:
+            fix = "remove auto_tls: false, " if reason == "auto_tls is off" else ""
+            how = "unencrypted"
+        else:  # opportunistic TLS is not verified: anyone in the path could pose as the server
+            fix = '{"require_tls": true}, '
+            how = "unencrypted or to a server that is not verified"
         refusal = (
-            f"The {secret} would cross the network unencrypted to {config.host}, so sending "
+            f"The {secret} would cross the network {how} to {config.host}, so sending "
             f"stops before signing in. Use {fix}port 587 (STARTTLS), port 465 or Force SMTPS."
         )
     return ConnectionPlan(

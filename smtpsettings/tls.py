@@ -14,7 +14,7 @@ import tempfile
 from cryptography.hazmat.primitives import serialization
 
 from .certificates import CertificateInfo, exact_certificates
-from .plan import ConnectionPlan
+from .plan import ConnectionPlan, Security
 from .problems import client_certificate_unusable
 
 
@@ -45,7 +45,10 @@ def build_context(
     A trusted bundle of server certificates (no CA among them) is not a trust anchor: the
     handshake only looks, and the transport accepts exactly those certificates (see
     `exact_certificates`), so a trusted certificate can never vouch for another one."""
-    verify = plan.verify_peer if verify is None else verify
+    if verify is None:
+        # Opportunistic TLS takes whatever certificate the server has, as Postfix's "may"
+        # does: checking it would only push such a server back to plain text.
+        verify = plan.verify_peer and plan.security is not Security.OPPORTUNISTIC
     context = ssl.create_default_context()
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if plan.client_certificate and client_key:

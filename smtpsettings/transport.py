@@ -31,6 +31,7 @@ from .problems import (
     fingerprint_mismatch,
     not_the_trusted_certificate,
     policy_problem,
+    starttls_missing,
 )
 from .tls import (
     asked_for_certificate,
@@ -228,22 +229,8 @@ class SmtpTransport:
                     raise smtplib.SMTPConnectError(code, reply)
             self._report_client_certificate()
             self._hello(smtp)
-            if plan.security is Security.STARTTLS:
-                with self._step("starttls") as step:
-                    if not smtp.has_extn("starttls"):
-                        raise policy_problem(
-                            "starttls",
-                            f"The server does not offer STARTTLS, which is required on port "
-                            f"{plan.port}. Use port 465 or Force SMTPS if the server supports "
-                            "SMTPS. Only for a trusted local relay: port 25 or "
-                            '{"auto_tls": false} sends without encryption.',
-                            kind="starttls-missing",
-                        )
-                    code, reply = smtp.starttls(context=context)
-                    step.reply = f"{code} {_text(reply)}"
-                    self._check_peer(smtp.sock, step)
-                self._hello(smtp)
-                self._report_client_certificate()
+            if plan.security in (Security.STARTTLS, Security.OPPORTUNISTIC):
+                self._starttls(smtp, context)
             if authenticate and self._authenticator is not None:
                 self._authenticator.sign_in(smtp, plan, self._step)
             return smtp
@@ -253,6 +240,26 @@ class SmtpTransport:
             elif sock is not None:
                 sock.close()
             raise
+
+    def _starttls(self, smtp: smtplib.SMTP, context: ssl.SSLContext) -> None:
+        """Upgrade with STARTTLS: required, or (opportunistic) only when the server offers it."""
+        offered = smtp.has_extn("starttls")
+        if not offered and self.plan.security is Security.OPPORTUNISTIC:
+            if self._observer:
+                reason = self.plan.reason
+                detail = f"not offered by the server: sending without encryption ({reason})"
+                self._observer(Step("starttls", True, 0.0, detail))
+            return
+        with self._step("starttls") as step:
+            if not offered:
+                raise starttls_missing(self.plan)
+            code, reply = smtp.starttls(context=context)
+            step.reply = f"{code} {_text(reply)}"
+            self._check_peer(smtp.sock, step)
+            if self.plan.security is Security.OPPORTUNISTIC:
+                step.detail += "; certificate not verified (opportunistic TLS)"
+        self._hello(smtp)
+        self._report_client_certificate()
 
     def _connect_socket(self, addresses: list, timeout: float) -> socket.socket:
         source = self.plan.options.source_ip

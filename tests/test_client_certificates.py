@@ -206,7 +206,14 @@ def test_the_plan_sentence_names_the_client_certificate_and_when_it_cannot_be_pr
         tls.describe()
     )
     assert tls.client_certificate_info == client.info
-    plain = plan(SmtpConfig("mail.example.com", 25, client_certificate=client.certificate_pem))
+    plain = plan(
+        SmtpConfig(
+            "mail.example.com",
+            25,
+            options=parse_options({"auto_tls": False}),  # port 25 alone now tries STARTTLS
+            client_certificate=client.certificate_pem,
+        )
+    )
     assert f"cannot present the client certificate {name} without TLS" in plain.describe()
     assert "client certificate" not in plan(SmtpConfig("mail.example.com", 587)).describe()
 

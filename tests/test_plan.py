@@ -2,10 +2,13 @@
 
 import pytest
 
+from smtpsettings.binding import binding_of, loosened, same_or_upgraded
 from smtpsettings.options import parse_options
 from smtpsettings.plan import Encryption, Security, SmtpConfig, plan
 
 AUTO, SMTPS = Encryption.AUTOMATIC, Encryption.FORCE_SMTPS
+MAY = Security.OPPORTUNISTIC  # STARTTLS when offered, not verified (Postfix's "may")
+PIN = {"peer_fingerprint": "ab" * 32}
 
 
 @pytest.mark.parametrize(
@@ -15,16 +18,20 @@ AUTO, SMTPS = Encryption.AUTOMATIC, Encryption.FORCE_SMTPS
         (AUTO, 465, "smtp.example.com", {}, Security.SMTPS),
         (AUTO, 465, "localhost", {}, Security.SMTPS),
         (AUTO, 465, "127.0.0.1", {}, Security.SMTPS),
-        # Automatic, 25, any host: plain SMTP, no STARTTLS
-        (AUTO, 25, "smtp.example.com", {}, Security.PLAIN),
-        (AUTO, 25, "localhost", {}, Security.PLAIN),
-        # Automatic, any port, localhost or loopback: plain SMTP
-        (AUTO, 587, "localhost", {}, Security.PLAIN),
-        (AUTO, 587, "LOCALHOST", {}, Security.PLAIN),
-        (AUTO, 2525, "127.0.0.1", {}, Security.PLAIN),
-        (AUTO, 2525, "127.45.6.7", {}, Security.PLAIN),
-        (AUTO, 587, "::1", {}, Security.PLAIN),
-        (AUTO, 587, "::ffff:127.0.0.1", {}, Security.PLAIN),
+        # Automatic, 25, any host: STARTTLS when offered, unverified; plain when not offered
+        (AUTO, 25, "smtp.example.com", {}, MAY),
+        (AUTO, 25, "localhost", {}, MAY),
+        (AUTO, 25, "smtp.example.com", {"verify_peer": False}, MAY),
+        # Automatic, any port, localhost or loopback: as for port 25
+        (AUTO, 587, "localhost", {}, MAY),
+        (AUTO, 587, "LOCALHOST", {}, MAY),
+        (AUTO, 2525, "127.0.0.1", {}, MAY),
+        (AUTO, 2525, "127.45.6.7", {}, MAY),
+        (AUTO, 587, "::1", {}, MAY),
+        (AUTO, 587, "::ffff:127.0.0.1", {}, MAY),
+        # ... unless a pin asks to verify the server: then STARTTLS is required and checked
+        (AUTO, 25, "smtp.example.com", PIN, Security.STARTTLS),
+        (AUTO, 2525, "127.0.0.1", PIN, Security.STARTTLS),
         # Automatic, any other port and host: STARTTLS, required
         (AUTO, 587, "smtp.example.com", {}, Security.STARTTLS),
         (AUTO, 2525, "smtp.example.com", {}, Security.STARTTLS),
@@ -37,9 +44,13 @@ AUTO, SMTPS = Encryption.AUTOMATIC, Encryption.FORCE_SMTPS
         (SMTPS, 2525, "localhost", {}, Security.SMTPS),
         # auto_tls: false turns STARTTLS off
         (AUTO, 587, "smtp.example.com", {"auto_tls": False}, Security.PLAIN),
+        (AUTO, 25, "smtp.example.com", {"auto_tls": False}, Security.PLAIN),
+        (AUTO, 2525, "127.0.0.1", {"auto_tls": False}, Security.PLAIN),
+        (AUTO, 25, "smtp.example.com", {"auto_tls": False, **PIN}, Security.PLAIN),
         (AUTO, 465, "smtp.example.com", {"auto_tls": False}, Security.SMTPS),
         (SMTPS, 587, "smtp.example.com", {"auto_tls": "off"}, Security.SMTPS),
-        # require_tls: true makes STARTTLS required where the table says plain
+        # require_tls: true makes STARTTLS required (and verified) where the table says
+        # opportunistic
         (AUTO, 25, "smtp.example.com", {"require_tls": True}, Security.STARTTLS),
         (AUTO, 587, "localhost", {"require_tls": True}, Security.STARTTLS),
         (AUTO, 2525, "127.0.0.1", {"require_tls": "yes"}, Security.STARTTLS),
@@ -76,8 +87,14 @@ def test_sentences_say_why_and_what_is_verified():
     assert "requires the certificate fingerprint SHA-256 AB:AB:" in pinned.describe()
     local = plan(SmtpConfig("localhost", 587))
     assert local.describe() == (
-        "Connects to localhost:587 without encryption (the server is this machine), "
-        "does not sign in."
+        "Connects to localhost:587, upgrades with STARTTLS when the server offers it, without "
+        "verifying the server certificate, else sends without encryption (opportunistic TLS: "
+        "the server is this machine), does not sign in."
+    )
+    assert "(opportunistic TLS: port 25)" in plan(SmtpConfig("mx.example.com", 25)).describe()
+    plain = plan(SmtpConfig("localhost", 587, options=parse_options({"auto_tls": False})))
+    assert plain.describe() == (
+        "Connects to localhost:587 without encryption (auto_tls is off), does not sign in."
     )
     assert "[::1]:2525" in plan(SmtpConfig("::1", 2525)).describe()
 
@@ -97,12 +114,15 @@ def test_blank_user_skips_authentication():
         (587, "smtp.example.com", {}, False),
         (465, "smtp.example.com", {}, False),
         (25, "smtp.example.com", {"require_tls": True}, False),
+        (25, "smtp.example.com", PIN, False),  # STARTTLS required and pinned
+        (587, "localhost", {"auto_tls": False}, False),
     ],
 )
 def test_password_is_never_planned_over_plain_smtp_to_a_remote_host(port, host, options, refused):
     result = plan(SmtpConfig(host, port, username="alice", options=parse_options(options)))
     assert (result.refusal is not None) is refused
     if refused:
+        assert "The password would cross the network unencrypted" in result.refusal
         assert "port 587 (STARTTLS), port 465 or Force SMTPS" in result.refusal
         assert "will not sign in as alice" in result.describe()
 
@@ -118,3 +138,60 @@ def test_refusal_names_auto_tls_when_that_is_the_cause():
 
 def test_no_refusal_without_a_user():
     assert plan(SmtpConfig("smtp.example.com", 25)).refusal is None
+
+
+def test_opportunistic_tls_does_not_carry_a_password_to_a_remote_host():
+    """The password rule is unchanged: STARTTLS when offered is not verified TLS."""
+    result = plan(SmtpConfig("smtp.example.com", 25, username="alice"))
+    assert result.security is MAY
+    assert "or to a server that is not verified" in result.refusal
+    assert '{"require_tls": true}' in result.refusal
+
+
+@pytest.mark.parametrize(
+    ("options", "trusted", "said"),
+    [
+        ({"auto_tls": False, **PIN}, "", "does not use peer_fingerprint"),
+        ({"auto_tls": False}, "PEM", "does not use the trusted certificate"),
+    ],
+)
+def test_a_pin_or_trusted_certificate_a_connection_never_checks_is_said(options, trusted, said):
+    """A pin on a plain connection is never silently unused: the sentence says so."""
+    config = SmtpConfig(
+        "relay.example.com", 25, options=parse_options(options), trusted_certificate=trusted
+    )
+    sentence = plan(config).describe()
+    assert sentence.startswith("Connects to relay.example.com:25 without encryption")
+    assert f"{said}, which only verified TLS checks" in sentence
+
+
+def test_a_pin_or_trusted_certificate_on_port_25_makes_starttls_required():
+    pinned = plan(SmtpConfig("mx.example.com", 25, options=parse_options(PIN)))
+    assert "upgrades with STARTTLS (required: peer_fingerprint is set)" in pinned.describe()
+    assert "requires the certificate fingerprint SHA-256 AB:AB:" in pinned.describe()
+    trusted = plan(SmtpConfig("mx.example.com", 25, trusted_certificate="-----BEGIN..."))
+    assert trusted.security is Security.STARTTLS
+    assert "(required: a trusted certificate is stored)" in trusted.describe()
+
+
+def _binding(port, host="smtp.example.com", **options):
+    return binding_of(plan(SmtpConfig(host, port, username="a", options=parse_options(options))))
+
+
+def test_the_binding_ranks_opportunistic_tls_below_verified_tls():
+    """Going from verified TLS to opportunistic loosens what a stored password is bound to."""
+    verified, may = _binding(25, require_tls=True), _binding(25)
+    assert loosened(verified, may) == ["the connection no longer requires verified TLS"]
+    assert loosened(may, verified) == []
+    assert loosened(may, _binding(25, auto_tls=False)) == ["the connection is no longer encrypted"]
+    assert loosened(_binding(25, auto_tls=False), may) == []
+
+
+def test_a_password_sealed_for_plain_loopback_still_opens_once_it_is_opportunistic():
+    """An upgrade turns localhost's plain SMTP into opportunistic TLS: a tightening, so the
+    password stored for it still signs in; the other way it does not."""
+    old = _binding(587, "localhost", auto_tls=False)
+    new = _binding(587, "localhost")
+    assert same_or_upgraded(old, new)
+    assert not same_or_upgraded(new, old)
+    assert not same_or_upgraded(old, _binding(2525, "localhost"))
