@@ -586,6 +586,32 @@ def client_certificate_unusable(certificate_pem: str, error: BaseException) -> S
     )
 
 
+def starttls_missing(plan: ConnectionPlan) -> SmtpProblem:
+    """The server does not offer STARTTLS where the plan requires it, said with the reason the
+    plan requires it: the port, require_tls, or a pin or trusted certificate to check."""
+    smtps = "Use port 465 or Force SMTPS if the server supports SMTPS"
+    if plan.reason == "require_tls is on":
+        advice = (
+            'The server does not offer STARTTLS, which {"require_tls": true} requires, so '
+            f"nothing is sent. {smtps}. Only for a trusted relay: remove require_tls to send "
+            "without encryption when STARTTLS is not offered."
+        )
+    elif plan.reason in ("peer_fingerprint is set", "a trusted certificate is stored"):
+        what = "peer_fingerprint" if plan.reason.startswith("peer") else "the trusted certificate"
+        advice = (
+            f"The server does not offer STARTTLS, so {what} cannot be checked and nothing is "
+            f"sent. {smtps}. Only for a trusted relay: remove {what} to send without "
+            "encryption when STARTTLS is not offered."
+        )
+    else:
+        advice = (
+            f"The server does not offer STARTTLS, which is required on port {plan.port}. "
+            f"{smtps}. Only for a trusted local relay: port 25 (STARTTLS only when offered) or "
+            '{"auto_tls": false} sends without encryption.'
+        )
+    return policy_problem("starttls", advice, kind="starttls-missing")
+
+
 def policy_problem(
     step: str, advice: str, *, kind: str, reply: tuple[int, str] | None = None
 ) -> SmtpProblem:
