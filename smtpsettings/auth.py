@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 from gatewaymgr.untrusted import printable
 
 from .hostnames import is_loopback
-from .plan import ConnectionPlan
+from .plan import ConnectionPlan, Security
 from .problems import SmtpProblem, policy_problem, token_refused
 
 if TYPE_CHECKING:
@@ -56,14 +56,29 @@ def require_encryption(smtp: smtplib.SMTP, plan: ConnectionPlan, what: str, kind
         )
 
 
-def _no_auth_offered() -> SmtpProblem:
-    return policy_problem(
-        "auth",
-        "The server does not offer authentication (AUTH) on this connection. Leave "
-        "User blank if the server needs no sign-in; some servers offer AUTH only "
-        "after STARTTLS or only on port 587.",
-        kind="auth-missing",
+# What the server answers to a mechanism it does not support, as opposed to credentials it
+# refuses (535): 504 unrecognized, 534 too weak, 538 needs encryption (RFC 4954).
+MECHANISM_UNSUPPORTED = frozenset({504, 534, 538})
+
+
+def _no_auth_offered(smtp: smtplib.SMTP, plan: ConnectionPlan) -> SmtpProblem:
+    advice = (
+        "The server does not offer authentication (AUTH) on this connection. Leave User "
+        "blank if the server needs no sign-in"
     )
+    if isinstance(smtp.sock, ssl.SSLSocket):
+        advice += "; otherwise check that Port is the server's submission port (587 or 465)."
+    elif plan.security is Security.PLAIN:  # auto_tls is off: STARTTLS was never tried
+        advice += (
+            "; many servers offer AUTH only after STARTTLS, which auto_tls: false turns off: "
+            'remove auto_tls: false, or set {"require_tls": true} to require STARTTLS.'
+        )
+    else:  # opportunistic TLS, and the server offered no STARTTLS
+        advice += (
+            "; many servers offer AUTH only after STARTTLS, which this server does not offer "
+            "on this port: try port 587 or 465."
+        )
+    return policy_problem("auth", advice, kind="auth-missing")
 
 
 class NoSignIn:
@@ -99,7 +114,7 @@ class PasswordAuthenticator:
         require_encryption(smtp, plan, "password", "password-unencrypted")
         offered = _offered(smtp)
         if not offered:  # no AUTH line, or one that lists no mechanism
-            raise _no_auth_offered()
+            raise _no_auth_offered(smtp, plan)
         mechanisms = [m for m in AUTH_MECHANISMS if m in offered]
         if not mechanisms:
             raise policy_problem(
@@ -116,6 +131,11 @@ class PasswordAuthenticator:
                 try:
                     code, reply = smtp.auth(mechanism, method, initial_response_ok=True)
                 except smtplib.SMTPAuthenticationError as refused:
+                    # Only "this mechanism is unsupported" is worth another mechanism; after
+                    # a 535 another one would be a second failed sign-in with the same
+                    # password (counted against the account, and delayed by Dovecot).
+                    if refused.smtp_code not in MECHANISM_UNSUPPORTED:
+                        raise
                     error = refused
                     continue
                 self.mechanism = mechanism
@@ -191,7 +211,7 @@ class XOAuth2Authenticator:
             return problem
         offered = _offered(smtp)
         if not offered:
-            return _no_auth_offered()
+            return _no_auth_offered(smtp, plan)
         if self.mechanism_name not in offered:
             return policy_problem(
                 "auth",
