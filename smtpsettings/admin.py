@@ -25,6 +25,8 @@ class SmtpSettingsAdmin(ReadOnlyAdmin):
     fields = [
         "sender_email",
         "sender_name",
+        "reply_to",
+        "bounce_address",
         "host",
         "port",
         "encryption",

@@ -132,6 +132,8 @@ class SmtpSettingsForm(forms.ModelForm):
         fields = [
             "sender_email",
             "sender_name",
+            "reply_to",
+            "bounce_address",
             "host",
             "port",
             "encryption",
@@ -154,6 +156,14 @@ class SmtpSettingsForm(forms.ModelForm):
             "port": {"invalid": PORT_ERROR, "min_value": PORT_ERROR, "max_value": PORT_ERROR},
             "sender_email": {
                 "invalid": "Enter a complete e-mail address, such as gateway@example.com."
+            },
+            # Validated like the sender: one bare address, so no display name, list or line
+            # break can reach a header or the envelope.
+            "reply_to": {
+                "invalid": "Enter a complete e-mail address, such as support@example.com."
+            },
+            "bounce_address": {
+                "invalid": "Enter a complete e-mail address, such as bounces@example.com."
             },
         }
 
@@ -371,7 +381,8 @@ class SmtpSettingsForm(forms.ModelForm):
 
 def form_data(values: dict[str, Any]) -> dict[str, Any]:
     """Editable values (a snapshot, or a test run's config) as the page would post them."""
-    data = {name: values[name] for name in store.EDITABLE}
+    # .get: a test run saved before a field existed lacks it.
+    data = {name: values.get(name, "") for name in store.EDITABLE}
     data["options"] = json.dumps(values["options"]) if values["options"] else ""
     return data
 

@@ -20,6 +20,8 @@ from .signals import settings_saved
 EDITABLE = {
     "sender_email": "Sender e-mail address",
     "sender_name": "Sender name",
+    "reply_to": "Reply-To address",
+    "bounce_address": "Bounce address",
     "host": "Server",
     "port": "Port",
     "encryption": "Encryption",

@@ -21,6 +21,8 @@ from smtpsettings.options import OptionsError
 SET_FLAGS = {
     "sender": "sender_email",
     "sender_name": "sender_name",
+    "reply_to": "reply_to",
+    "bounce_address": "bounce_address",
     "host": "host",
     "port": "port",
     "encryption": "encryption",
@@ -61,6 +63,13 @@ class Command(BaseCommand):
         )
         change.add_argument("--sender", help="Sender e-mail address.")
         change.add_argument("--sender-name", help="Sender display name ('' to remove).")
+        change.add_argument(
+            "--reply-to", help="Reply-To address set on every message ('' to remove)."
+        )
+        change.add_argument(
+            "--bounce-address",
+            help="Envelope sender (MAIL FROM) that receives bounces ('' to remove).",
+        )
         change.add_argument("--host", help="SMTP server host name or IP address.")
         change.add_argument("--port", help="TCP port, 1-65535 (default 587).")
         change.add_argument("--encryption", choices=["auto", "smtps"])
@@ -162,6 +171,8 @@ class Command(BaseCommand):
         labels = {
             "sender_email": "Sender",
             "sender_name": "Sender name",
+            "reply_to": "Reply-To",
+            "bounce_address": "Bounce",
             "host": "Server",
             "port": "Port",
             "encryption": "Encryption",
