@@ -30,7 +30,7 @@ from tests.durable_smtp import (
     reconcile,
 )
 from tests.outbox import OUTBOX, point_settings_at
-from tests.workers import wait_until
+from tests.workers import lose_task_queue, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 rq_only = pytest.mark.skipif(
@@ -322,7 +322,7 @@ def test_task_records_stay_bounded(workers, server):
     assert DBTaskResult.objects.count() < 50  # not one task run per message
 
 
-# -- the task queue loses its data (RQ) ------------------------------------------------------
+# -- the task queue loses its data ------------------------------------------------------
 
 
 def redis():
@@ -331,19 +331,27 @@ def redis():
     return redis_client.Redis.from_url(settings.RQ_QUEUES["default"]["URL"])
 
 
-@rq_only
-def test_redis_flushed_mid_run_strands_nothing(workers, server):
+def test_the_task_queue_losing_everything_strands_nothing(workers, server):
+    # Every message gets a 451 and waits for its retry, which only the task queue would
+    # remember; then the queue loses every job (Redis flushed, or the task rows deleted) and
+    # the server recovers. No new mail arrives to wake anyone.
     point_settings_at(server.host, server.port)
-    server.down()
-    queue_unique(100, "flush")
-    workers(**ENV)
-    workers(**ENV)
-    time.sleep(1)  # retries are scheduled in Redis...
-    redis().flushall()  # ...and gone
-    server.up()
+    server.set(data_451=1.0)
+    queue_unique(60, "flush", per_call=60)
+    for _ in range(2):
+        workers(OUTBOX_RETRY_FIRST_DELAY="3", **ENV)
+
+    def all_answered() -> bool:
+        refused = {r for e in server.events() if e["kind"] == "refused" for r in e["rcpts"]}
+        return len(refused) == 60 and not OutboundEmail.objects.filter(status="sending").exists()
+
+    wait_until(all_answered, what="a 451 to each message, recorded")
+    time.sleep(0.5)  # the drain ends and leaves its wake-up for the retries in the queue
+    lose_task_queue()
+    server.set(data_451=0)
     result = settle(server)
     assert result.ok, str(result)
-    assert result.delivered == 100
+    assert result.delivered == 60
 
 
 @rq_only
