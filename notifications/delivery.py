@@ -399,9 +399,13 @@ def _outcome(status: str, refused, problem) -> str:
 
 
 def _refusal_text(refused: dict[str, tuple[int, str]] | None) -> str:
+    """The server's own final reply (the transport's Accepted.reply: "250 2.0.0 Ok: queued as
+    4Xyz" traces the message in the relay's log), then each recipient it refused."""
+    final = getattr(refused, "reply", "") or "250 accepted"
     if not refused:
-        return "250 accepted"
-    return "; ".join(f"{address}: {code} {text}" for address, (code, text) in refused.items())
+        return final
+    refusals = "; ".join(f"{a}: {code} {text}" for a, (code, text) in refused.items())
+    return f"{final}; {refusals}"
 
 
 def schedule_retries() -> datetime.datetime | None:

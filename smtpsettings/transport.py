@@ -46,6 +46,14 @@ _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 Refusals = dict[str, tuple[int, str]]
 
 
+class Accepted(dict):
+    """What send() returns: the refused recipients (Refusals; empty when all were accepted)
+    and, as `reply`, the server's final reply to the message, such as Postfix's
+    "250 2.0.0 Ok: queued as 4Xyz": what traces the message in the relay's log."""
+
+    reply: str = ""
+
+
 STEP_LABELS = {
     "resolve": "Resolve",
     "connect": "Connect",
@@ -320,9 +328,9 @@ class SmtpTransport:
 
     # -- sending ------------------------------------------------------------------------
 
-    def send(self, sender: str, recipients: Sequence[str], data: bytes) -> Refusals:
-        """Send one message. Returns the refused recipients when others accepted it;
-        raises SmtpProblem when nobody got it."""
+    def send(self, sender: str, recipients: Sequence[str], data: bytes) -> Accepted:
+        """Send one message. Returns the refused recipients when others accepted it, with the
+        server's final reply; raises SmtpProblem when nobody got it."""
         try:
             self._prepare()
             refused = self._transaction(sender, recipients, data)
@@ -362,7 +370,7 @@ class SmtpTransport:
         except (SmtpProblem, OSError, smtplib.SMTPException):
             self._discard()  # reconnect and send anyway
 
-    def _transaction(self, sender: str, recipients: Sequence[str], data: bytes) -> Refusals:
+    def _transaction(self, sender: str, recipients: Sequence[str], data: bytes) -> Accepted:
         smtp = self._smtp
         params = []
         if smtp.has_extn("size"):
@@ -413,7 +421,9 @@ class SmtpTransport:
                 report.detail = f"{len(data):,} bytes"
                 if code != 250:
                     raise smtplib.SMTPDataError(code, reply)
-            return refused
+            accepted = Accepted(refused)
+            accepted.reply = f"{code} {_text(reply)}"
+            return accepted
         except SmtpProblem as problem:
             if step == "data":  # a recipient refused at RCPT keeps its own reply
                 problem.refused = {**_printable(refused), **problem.refused}

@@ -37,10 +37,10 @@ def test_a_delivered_message_keeps_its_record_but_not_its_body(admin_client):
     email = OutboundEmail.objects.get()
     assert subjects(server) == ["Welcome 0"]
     assert email.status == Status.SENT and email.recipients[0]["status"] == "sent"
-    assert [a.reply for a in email.history.all()] == ["250 accepted"]
+    assert [a.reply for a in email.history.all()] == ["250 OK: queued"]
     page = admin_client.get(f"/outbox/{email.pk}/").content.decode()
     assert "Body removed after delivery" in page
-    assert "Welcome 0" in page and "bob@example.com" in page and "250 accepted" in page
+    assert "Welcome 0" in page and "bob@example.com" in page and "250 OK: queued" in page
     assert "Retry now" not in page
 
 
