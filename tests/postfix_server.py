@@ -24,9 +24,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.components import missing
 from tests.selfsigned import self_signed_certificate
+
+if TYPE_CHECKING:
+    from tests.dovecot_sasl import DovecotSasl
 
 SUBMISSION_PORT, SMTPS_PORT, PLAIN_PORT = 587, 465, 25
 PORTS = (PLAIN_PORT, SUBMISSION_PORT, SMTPS_PORT)
@@ -65,11 +69,34 @@ class PostfixInstance:
                 )
             time.sleep(0.1)
 
+    def lines(self, text: str) -> list[str]:
+        try:
+            log = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        return [line for line in log.splitlines() if text in line]
+
+    def sasl_logins(self) -> list[str]:
+        """smtpd's line for each message of a signed-in client: "client=..., sasl_method=PLAIN,
+        sasl_username=alice", with the message's queue ID."""
+        return self.lines(", sasl_method=")
+
+    def failed_logins(self) -> list[str]:
+        """smtpd's warning for each AUTH it refused ("SASL LOGIN authentication failed")."""
+        return self.lines(" authentication failed")
+
 
 def main_cf(
-    *, root: Path, hostname: str, key: Path, certificate: Path, client_ca: Path | None = None
+    *,
+    root: Path,
+    hostname: str,
+    key: Path,
+    certificate: Path,
+    client_ca: Path | None = None,
+    sasl_socket: Path | None = None,
 ) -> str:
-    return f"""\
+    return (
+        f"""\
 compatibility_level = 3.6
 queue_directory = {root / "queue"}
 data_directory = {root / "data"}
@@ -113,7 +140,19 @@ smtpd_tls_chain_files = {key}, {certificate}
 smtpd_tls_protocols = >=TLSv1.2
 smtpd_tls_mandatory_protocols = >=TLSv1.2
 smtpd_tls_loglevel = 1
-""" + (client_certificates_cf(client_ca) if client_ca else "")
+"""
+        + (client_certificates_cf(client_ca) if client_ca else "")
+        + (sasl_cf(sasl_socket) if sasl_socket else "")
+    )
+
+
+def sasl_cf(socket: Path) -> str:
+    """Dovecot SASL for the ports that enable it in master.cf (587 and 465)."""
+    return f"""\
+smtpd_sasl_type = dovecot
+smtpd_sasl_path = {socket}
+smtpd_sasl_security_options = noanonymous
+"""
 
 
 def client_certificates_cf(client_ca: Path) -> str:
@@ -126,20 +165,30 @@ smtpd_tls_req_ccert = yes
 """
 
 
-def master_cf(address: str) -> str:
+# With SASL, 587 and 465 are submission ports as Postfix's documentation sets them up: AUTH only
+# under TLS, and mail only from a signed-in client (loopback alone no longer relays there).
+SASL_SUBMISSION = """\
+  -o smtpd_sasl_auth_enable=yes
+  -o smtpd_tls_auth_only=yes
+  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
+"""
+
+
+def master_cf(address: str, *, sasl: bool = False) -> str:
     # chroot is "n" throughout: Debian's stock master.cf chroots most daemons, which would need
     # copies of /etc files inside the queue directory. There is deliberately no smtp/relay/local
     # transport, so a configuration mistake defers mail instead of sending it anywhere.
+    submission = SASL_SUBMISSION if sasl else ""
     return f"""\
 {address}:{PLAIN_PORT} inet n - n - - smtpd
 {address}:{SUBMISSION_PORT} inet n - n - - smtpd
   -o syslog_name=postfix/submission
   -o smtpd_tls_security_level=may
-{address}:{SMTPS_PORT} inet n - n - - smtpd
+{submission}{address}:{SMTPS_PORT} inet n - n - - smtpd
   -o syslog_name=postfix/smtps
   -o smtpd_tls_wrappermode=yes
   -o smtpd_tls_security_level=encrypt
-pickup     unix n - n 60 1 pickup
+{submission}pickup     unix n - n 60 1 pickup
 cleanup    unix n - n - 0 cleanup
 qmgr       unix n - n 300 1 qmgr
 tlsmgr     unix - - n 1000? 1 tlsmgr
@@ -250,8 +299,10 @@ def running_postfix(
     address: str = "127.0.0.3",
     hostname: str = "postfix.gatewaymgr.test",
     client_ca_pem: str = "",
+    sasl: DovecotSasl | None = None,
 ) -> Iterator[PostfixInstance]:
-    """`client_ca_pem`: a CA whose client certificates the TLS ports ask for (and 465 requires)."""
+    """`client_ca_pem`: a CA whose client certificates the TLS ports ask for (and 465 requires).
+    `sasl`: a running Dovecot (tests/dovecot_sasl.py) for AUTH on 587 and 465."""
     postfix = shutil.which("postfix") or shutil.which("postfix", path="/usr/sbin")
     if not postfix or not Path("/usr/lib/postfix/sbin/master").exists():
         missing("Postfix is not installed (apt-get install postfix)")
@@ -285,10 +336,15 @@ def running_postfix(
             client_ca.write_text(client_ca_pem)
         (config / "main.cf").write_text(
             main_cf(
-                root=root, hostname=hostname, key=key, certificate=certificate, client_ca=client_ca
+                root=root,
+                hostname=hostname,
+                key=key,
+                certificate=certificate,
+                client_ca=client_ca,
+                sasl_socket=sasl.socket if sasl else None,
             )
         )
-        (config / "master.cf").write_text(master_cf(address))
+        (config / "master.cf").write_text(master_cf(address, sasl=sasl is not None))
         instance = PostfixInstance(
             address=address,
             submission_port=SUBMISSION_PORT,

@@ -1,8 +1,7 @@
 """Interoperability with a real Postfix smtpd on the real port numbers (587 STARTTLS with a
 self-signed certificate, 465 wrapper mode, 25 plain), through the stored-settings backend.
 
-AUTH is covered against aiosmtpd (tests/test_transport.py); Postfix's AUTH would need Dovecot
-SASL, which this suite does not set up.
+AUTH against Postfix with Dovecot SASL is in tests/test_interop_postfix_sasl.py.
 """
 
 from __future__ import annotations
