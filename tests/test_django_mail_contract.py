@@ -343,6 +343,16 @@ def test_send_messages_empty_list_and_no_recipients(smtp_mailbox):
     assert smtp_mailbox.messages() == []
 
 
+def test_email_msg_uses_crlf(smtp_mailbox):
+    """Ticket 23063: RFC-compliant messages go over SMTP, CRLF only, no bare CR or LF."""
+    email = EmailMessage("Subject", "Line one\nLine two\rthree", "f@example.com", ["t@example.com"])
+    mail.get_connection().send_messages([email])
+    (received,) = smtp_mailbox.server.messages
+    assert b"\r\n" in received.data
+    assert b"\r" not in received.data.replace(b"\r\n", b"")
+    assert b"\n" not in received.data.replace(b"\r\n", b"")
+
+
 @pytest.mark.parametrize(
     "address",
     [
@@ -413,6 +423,8 @@ def test_stopped_server_close_and_fail_silently():
     backend.fail_silently = True
     assert backend.open() is None
     assert backend.transport is None
+    # send_messages() sends nothing after open() failed silently.
+    assert backend.send_messages([EmailMessage(to=["to@example.com"])]) == 0
 
 
 # -- Failures that are also smtplib's exceptions (issue 13) --------------------------------
