@@ -10,17 +10,18 @@ from django.contrib.auth import get_user_model, login
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods
 
 from smtpsettings import store
 
 from . import invitations
 from .addresses import first_problems
+from .confirm import confirm_page
 from .forms import AcceptInvitationForm, InviteForm
 from .models import Invitation, InvitationStatus
 
@@ -111,9 +112,17 @@ def _listed(rows: list[Invitation], shown: int = 10) -> str:
 
 
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def invitation_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     invitation = get_object_or_404(Invitation, pk=pk)
+    if request.method == "GET":
+        # Only revoking asks first, on a page of its own; resending changes nothing that
+        # cannot be resent again.
+        if action != "revoke":
+            return HttpResponseNotAllowed(["POST"])
+        if not request.user.has_perm(REVOKE):
+            raise PermissionDenied
+        return _confirm_revoke(request, invitation)
     if action == "resend":
         if not request.user.has_perm(INVITE):
             raise PermissionDenied
@@ -143,6 +152,24 @@ def invitation_action(request: HttpRequest, pk: int, action: str) -> HttpRespons
         else:
             messages.error(request, "Only a pending or expired invitation can be revoked.")
     return redirect("users")
+
+
+def _confirm_revoke(request: HttpRequest, invitation: Invitation) -> HttpResponse:
+    if invitation.status not in (InvitationStatus.PENDING, InvitationStatus.EXPIRED):
+        messages.error(request, "Only a pending or expired invitation can be revoked.")
+        return redirect("users")
+    return confirm_page(
+        request,
+        question=f"Revoke the invitation for {invitation.email}?",
+        consequences=[
+            "The link in the invitation stops working at once; it cannot be undone.",
+            "If its e-mail is still waiting in the outbox, it is not sent.",
+            "You can invite the same address again later.",
+        ],
+        confirm_label="Revoke the invitation",
+        back_url=reverse("users"),
+        back_label="Keep it",
+    )
 
 
 def no_referrer(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:

@@ -9,9 +9,12 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.clickjacking import xframe_options_sameorigin
 from django.views.decorators.http import require_http_methods, require_POST
+
+from gatewaymgr.confirm import confirm_page
 
 from . import tokens
 from .events import CATALOG, labels
@@ -22,6 +25,7 @@ from .triggering import send_test
 VIEW = "notifications.view_integration"
 ADD = "notifications.add_integration"
 CHANGE = "notifications.change_integration"
+DELETE = "notifications.delete_integration"
 VIEW_EVENTS = "notifications.view_event"
 MANAGE_TOKENS = "notifications.manage_apitoken"
 WAITING = (Status.QUEUED, Status.SENDING)
@@ -87,9 +91,38 @@ def integration_edit(request: HttpRequest, pk: int) -> HttpResponse:
             "form": form,
             "integration": integration,
             "can_change": can_change,
+            "can_delete": request.user.has_perm(DELETE),
             "last_test": last_test(integration),
         },
     )
+
+
+@login_required
+@permission_required(DELETE, raise_exception=True)
+@require_http_methods(["GET", "POST"])
+def integration_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    """Asks first (GET), then deletes (POST). Its past events and their e-mails stay: each
+    dispatch keeps the integration's name and its e-mail, only the link to it goes."""
+    integration = get_object_or_404(Integration, pk=pk)
+    if request.method == "GET":
+        sent = integration.dispatches.count()
+        return confirm_page(
+            request,
+            question=f"Delete the integration {integration.name}?",
+            consequences=[
+                f"Its {len(integration.recipients)} recipient(s) get no more notifications "
+                "from it; it cannot be undone. To pause it instead, disable it.",
+                f"Its past events keep what they sent ({sent} e-mail(s)): the Events page and "
+                "the Outbox still show them, marked with the integration's name as deleted.",
+            ],
+            confirm_label="Delete the integration",
+            back_url=reverse("integrations:edit", args=[integration.pk]),
+            back_label="Keep it",
+        )
+    name = integration.name
+    integration.delete()  # Dispatch.integration is SET_NULL; integration_name and email stay
+    messages.success(request, f"Integration {name} deleted. Its past events keep what they sent.")
+    return redirect("integrations:list")
 
 
 @login_required
