@@ -111,6 +111,10 @@ class SmtpConnectionRefused(SmtpProblem, ConnectionRefusedError):
     lets through."""
 
 
+class SmtpDataProblem(_ReplyAttributes, SmtpProblem, smtplib.SMTPDataError):
+    """The server refused the message itself at DATA (too large, spam, policy)."""
+
+
 def reply_of(error: BaseException) -> tuple[int, str] | None:
     """The server's reply carried by an smtplib exception, decoded."""
     code = getattr(error, "smtp_code", None)
@@ -222,7 +226,9 @@ def explain(
         problem.refused = refused
         return problem
     if isinstance(error, smtplib.SMTPResponseException):
-        return _rejected(step, reply, f"The server refused the {step.upper()} step.", kind=step)
+        cls = SmtpDataProblem if isinstance(error, smtplib.SMTPDataError) else SmtpProblem
+        advice = f"The server refused the {step.upper()} step."
+        return _rejected(step, reply, advice, kind=step, cls=cls)
     return SmtpProblem(
         step,
         f"Talking to {where} failed during {step}: {error}.",

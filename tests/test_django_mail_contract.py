@@ -472,6 +472,23 @@ def test_a_temporary_sender_refusal_is_smtplibs_sender_refused_too():
     assert caught.value.smtp_code == 451 and caught.value.temporary
 
 
+@pytest.mark.parametrize(
+    ("reply", "kind"),
+    [("554 5.6.0 Message rejected as spam", "data"), ("552 5.3.4 Message too big", "too-large")],
+)
+def test_a_refused_message_is_smtplibs_data_error(reply, kind):
+    require_test_host()
+    with smtp_server() as server:
+        configure(server)
+        server.recorder.data_replies = [reply]
+        with pytest.raises(smtplib.SMTPDataError) as caught:
+            get_connection(SMTP_BACKEND).send_messages([EmailMessage(to=["bob@example.com"])])
+    error = caught.value
+    assert isinstance(error, SmtpProblem) and error.kind == kind
+    code, text = reply.split(" ", 1)
+    assert (error.smtp_code, error.smtp_error) == (int(code), text.encode())
+
+
 def test_a_refused_password_is_smtplibs_authentication_error():
     require_test_host()
     with smtp_server(auth=True) as server:
