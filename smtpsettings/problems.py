@@ -20,12 +20,13 @@ from gatewaymgr.untrusted import printable
 
 from .certificates import CertificateInfo
 from .hostnames import display_host_port
+from .options import Fingerprint
 from .plan import ConnectionPlan, Security
 
 # OpenSSL's X509_V_ERR_* codes that the advice distinguishes.
 _EXPIRED, _NOT_YET_VALID = 10, 9
 _UNTRUSTED = {18, 19, 20, 21, 2}  # self-signed, unknown issuer, incomplete chain
-_HOSTNAME_MISMATCH = 62
+_HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH = 62, 64
 
 
 class SmtpProblem(smtplib.SMTPException):
@@ -291,6 +292,21 @@ def _timeout(step: str, plan: ConnectionPlan, where: str) -> SmtpProblem:
     return SmtpProblem(step, advice, kind=kind, reply=(0, "timed out"), temporary=True)
 
 
+def smtps_detected(plan: ConnectionPlan, seconds: float) -> SmtpProblem:
+    """No greeting came, and a second connection's TLS handshake was answered: the port
+    speaks SMTPS, and waiting for a greeting would only run out the timeout."""
+    where = display_host_port(plan.host, plan.port)
+    return SmtpProblem(
+        "greeting",
+        f"{where} sent no greeting within {seconds:g} seconds but answered a TLS handshake: it "
+        "expects TLS from the first byte (SMTPS): choose Force SMTPS to keep port "
+        f"{plan.port}, or use port 465.",
+        kind="wrong-mode",
+        reply=(0, "no greeting; answers TLS"),
+        temporary=True,
+    )
+
+
 def _disconnected(step: str, plan: ConnectionPlan, where: str, error: BaseException) -> SmtpProblem:
     if step == "greeting" and "timed out" in str(error):
         return _timeout(step, plan, where)  # smtplib reports a silent server as a disconnect
@@ -318,15 +334,10 @@ def _tls_failure(step: str, error: ssl.SSLError, plan: ConnectionPlan, where: st
     if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG") and (
         plan.security is Security.SMTPS
     ):
-        fix = (
-            "use port 587 with Encryption: Automatic"
-            if plan.port != 587
-            else "choose Encryption: Automatic"
-        )
         return SmtpProblem(
             step,
-            f"{where} answered in plain text where TLS was expected: this port speaks STARTTLS, "
-            f"not SMTPS. To fix it, {fix}.",
+            f"{where} answered in plain text where TLS from the first byte was expected: it "
+            f"does not speak SMTPS on this port. To fix it, {_plain_port_fix(plan)}.",
             kind="wrong-mode",
             reply=(0, reason),
             temporary=True,
@@ -340,6 +351,8 @@ def _tls_failure(step: str, error: ssl.SSLError, plan: ConnectionPlan, where: st
             reply=(0, reason),
             temporary=True,
         )
+    if problem := _server_side_tls_failure(step, error, plan, where):
+        return problem
     return SmtpProblem(
         step,
         f"The TLS handshake with {where} failed ({reason}). Check that Encryption and Port "
@@ -348,6 +361,42 @@ def _tls_failure(step: str, error: ssl.SSLError, plan: ConnectionPlan, where: st
         reply=(0, str(error)),
         temporary=True,
     )
+
+
+def _plain_port_fix(plan: ConnectionPlan) -> str:
+    """What to choose for a port that answers in plain text. Whether it offers STARTTLS is
+    not known yet (that needs EHLO), so nothing is claimed about it."""
+    if plan.port == 465:
+        return "use port 587 with Encryption: Automatic (STARTTLS)"
+    if plan.port == 25:
+        return "choose Encryption: Automatic: on port 25 it uses STARTTLS when the server offers it"
+    return f"choose Encryption: Automatic on port {plan.port}, which upgrades with STARTTLS"
+
+
+def _server_side_tls_failure(
+    step: str, error: ssl.SSLError, plan: ConnectionPlan, where: str
+) -> SmtpProblem | None:
+    """A handshake the server broke off: after it agreed to STARTTLS, or with a TLS alert of
+    its own. Encryption and Port are then right; the server's TLS setup is not."""
+    reason = getattr(error, "reason", None) or ""
+    alert = "ALERT" in reason
+    if not (alert or (step == "starttls" and _eof(error))):
+        return None
+    if alert:
+        said = reason.split("ALERT_", 1)[-1].replace("_", " ").lower()
+        how = f'ended the TLS handshake with the alert "{said}"'
+    else:
+        how = "closed the connection during the TLS handshake"
+    agreed = "agreed to STARTTLS, then " if step == "starttls" else "answers TLS but "
+    advice = (
+        f"{where} {agreed}{how}. Encryption and Port are right: the failure is on the "
+        "server's side, most often a certificate or private key it cannot load, or no cipher "
+        "or TLS version in common (this product uses TLS 1.2 or later). Ask the server's "
+        "administrator: the server's log names the cause."
+    )
+    if plan.security is Security.OPPORTUNISTIC:
+        advice += ' Until it is fixed, {"auto_tls": false} sends without encryption.'
+    return SmtpProblem(step, advice, kind="tls-server", reply=(0, str(error)), temporary=True)
 
 
 def _untrusted(
@@ -363,6 +412,14 @@ def _untrusted(
         advice = (
             f"The server's certificate is for {names}, not for {plan.host}. Enter a name the "
             "certificate is valid for in Server, or have the certificate reissued." + about
+        )
+        kind = "hostname-mismatch"
+    elif code == _IP_ADDRESS_MISMATCH:
+        names = ", ".join(certificate.names) if certificate and certificate.names else "names"
+        advice = (
+            f"The server's certificate is for {names}, not for the IP address {plan.host}. "
+            "Enter a name the certificate is valid for in Server instead of the address, or "
+            "have a certificate issued that includes the address." + about
         )
         kind = "hostname-mismatch"
     elif code == _EXPIRED:
@@ -386,7 +443,8 @@ def _untrusted(
         )
         kind = "untrusted"
     else:
-        advice = f"The server's certificate could not be verified: {error.verify_message}." + about
+        message = (error.verify_message or "unknown reason").rstrip(".")
+        advice = f"The server's certificate could not be verified: {message}." + about
         kind = "certificate"
     return SmtpProblem(
         step,
@@ -403,12 +461,18 @@ def fingerprint_mismatch(
 ) -> SmtpProblem:
     pin = plan.peer_fingerprint
     assert pin is not None
+    # The certificate's description ends with its SHA-256: against a SHA-256 pin that is the
+    # one to compare, so it is not said twice; another algorithm's is said once, as the pin is.
+    has = (
+        ""
+        if pin.algorithm == "sha256" and actual
+        else f"; it has {Fingerprint(pin.algorithm, actual_hex)}"
+    )
     return SmtpProblem(
         "tls",
-        f"The server's certificate does not match peer_fingerprint: it has {pin.algorithm.upper()} "
-        f"{actual_hex}, the option requires {pin.hexdigest}. If the server's certificate was "
-        "renewed, update peer_fingerprint; otherwise something is intercepting the connection."
-        + _describe_certificate(actual),
+        f"The server's certificate does not match peer_fingerprint, which requires {pin}{has}. "
+        "If the server's certificate was renewed, update peer_fingerprint; otherwise something "
+        "is intercepting the connection." + _describe_certificate(actual),
         kind="fingerprint-mismatch",
         reply=(0, "certificate fingerprint mismatch"),
         temporary=True,

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import socket
 import ssl
 import tempfile
 
@@ -121,3 +122,22 @@ def client_certificate_note(sock: ssl.SSLSocket, info: CertificateInfo | None) -
 def fingerprint_matches(der: bytes, algorithm: str, hexdigest: str) -> bool:
     actual = hashlib.new(algorithm, der).hexdigest()
     return hmac.compare_digest(actual, hexdigest)
+
+
+def answers_tls(address: tuple, host: str, timeout: float, source_ip: str | None) -> bool:
+    """Does `address` answer a TLS handshake (SMTPS)? Over a connection of its own, which
+    sends nothing but a ClientHello; any TLS answer counts, even an alert."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    source = (source_ip, 0) if source_ip else None
+    try:
+        with (
+            socket.create_connection(address[:2], timeout, source_address=source) as sock,
+            context.wrap_socket(sock, server_hostname=host),
+        ):
+            return True
+    except ssl.SSLError as error:
+        return "ALERT" in (getattr(error, "reason", None) or "")
+    except OSError:
+        return False

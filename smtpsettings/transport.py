@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import select
 import smtplib
 import socket
 import ssl
@@ -24,16 +25,18 @@ from gatewaymgr.untrusted import printable
 from .auth import Authenticator, PasswordAuthenticator
 from .certificates import CertificateInfo, der_to_pem, describe_der, exact_certificates
 from .hostnames import parse_ip
-from .plan import ConnectionPlan, Security
+from .plan import PLAIN_PORT, ConnectionPlan, Security
 from .problems import (
     SmtpProblem,
     explain,
     fingerprint_mismatch,
     not_the_trusted_certificate,
     policy_problem,
+    smtps_detected,
     starttls_missing,
 )
 from .tls import (
+    answers_tls,
     asked_for_certificate,
     build_context,
     client_certificate_note,
@@ -44,6 +47,9 @@ from .tls import (
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 
 Refusals = dict[str, tuple[int, str]]
+
+# Seconds of silence after which a server that has not greeted is asked whether it speaks TLS.
+GREETING_PATIENCE = 3.0
 
 
 class Accepted(dict):
@@ -231,6 +237,7 @@ class SmtpTransport:
             smtp._host = plan.host  # the name TLS verifies, as smtplib.connect() would set
             smtp.sock = sock
             with self._step("greeting") as step:
+                self._await_greeting(sock)
                 code, reply = smtp.getreply()
                 step.reply = f"{code} {_text(reply)}"
                 if code != 220:
@@ -268,6 +275,20 @@ class SmtpTransport:
                 step.detail += "; certificate not verified (opportunistic TLS)"
         self._hello(smtp)
         self._report_client_certificate()
+
+    def _await_greeting(self, sock: socket.socket) -> None:
+        """A plain connection to an SMTPS port never greets: it waits for our ClientHello.
+        After a few silent seconds, ask over a second connection whether the port answers
+        TLS, and say so at once instead of running out the timeout. Not on port 25, where
+        servers may keep silent on purpose (greet pause) and SMTPS is unheard of."""
+        plan = self.plan
+        patience = min(GREETING_PATIENCE, plan.options.timeout)
+        if plan.security is Security.SMTPS or plan.port == PLAIN_PORT:
+            return
+        if select.select([sock], [], [], patience)[0]:
+            return  # the greeting (or the connection's end) is there to read
+        if answers_tls(sock.getpeername(), plan.host, patience, plan.options.source_ip):
+            raise smtps_detected(plan, patience)
 
     def _connect_socket(self, addresses: list, timeout: float) -> socket.socket:
         source = self.plan.options.source_ip

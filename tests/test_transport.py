@@ -132,8 +132,8 @@ def test_smtps_against_a_starttls_port_names_the_fix():
     with smtp_server(mode="starttls", certs=certs) as server:
         problem = problem_of(transport_for(server, encryption="smtps", trusted=certs.ca_pem))
     assert problem.kind == "wrong-mode"
-    assert "this port speaks STARTTLS, not SMTPS" in problem.advice
-    assert "use port 587 with Encryption: Automatic" in problem.advice
+    assert "does not speak SMTPS on this port" in problem.advice
+    assert f"choose Encryption: Automatic on port {server.port}" in problem.advice
 
 
 def test_starttls_against_an_smtps_port_names_the_fix():
