@@ -29,9 +29,10 @@ HELP = {
     "host": "Host name or IP address of your SMTP server.",
     "port": "The TCP port. The default for a secure connection is 587; 465 means SMTPS.",
     "encryption": (
-        "Automatic always uses STARTTLS unless the server is localhost or the port is 25; "
-        "with port 465 it switches to SMTPS. Force SMTPS uses TLS from the first byte on any "
-        "port."
+        "Automatic uses SMTPS on port 465. On port 25 and to localhost it uses STARTTLS when "
+        "the server offers it, without requiring a valid certificate, and sends without "
+        "encryption only when it is not offered. Everywhere else STARTTLS is required and the "
+        "certificate verified. Force SMTPS uses TLS from the first byte on any port."
     ),
     "username": (
         "Fill in the user name if your SMTP server requires authentication. If left blank, "
