@@ -6,15 +6,17 @@ server's side: whether the message arrived over TLS."""
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import ssl
 from dataclasses import replace
 
 import pytest
 
-from smtpsettings import keyring
-from smtpsettings.models import SmtpSettings, WrongServerPassword
-from tests.smtpservers import PASSWORD, USERNAME, require_test_host, self_signed
+from smtpsettings import keyring, store
+from smtpsettings.models import PasswordState, SmtpSettings, WrongServerPassword
+from tests.smtpservers import PASSWORD, USERNAME, require_test_host, self_signed, smtp_server
+from tests.test_security_password import run_test, save, send_with_stored_settings, values
 from tests.tls_servers import problem_of, send, tls_server, transport
 
 
@@ -121,3 +123,32 @@ def test_a_password_sealed_for_plain_loopback_before_the_upgrade_still_signs_in(
         else:
             with pytest.raises(WrongServerPassword):
                 stored.reveal_password()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("how", ["page save", "test e-mail"])
+def test_verified_tls_becoming_opportunistic_never_hands_the_password_to_a_fake_relay(
+    admin_client, how
+):
+    """The password was saved for a loopback relay verified by its trusted certificate and
+    require_tls; an edit that leaves only opportunistic TLS (any certificate accepted) must not
+    send it to whatever now listens on that port."""
+    genuine, fake = self_signed(), self_signed()
+    with smtp_server(mode="starttls", certs=fake, auth=True) as server:
+        verified = values(
+            server,
+            host="127.0.0.1",
+            options='{"timeout": 5, "require_tls": true}',
+            trusted_certificate=genuine.pem,
+        )
+        save(admin_client, {**verified, "password": PASSWORD})
+        assert store.load().password_state is PasswordState.SET
+        opportunistic = {**verified, "options": '{"timeout": 5}', "trusted_certificate": ""}
+        if how == "page save":
+            page = html.unescape(save(admin_client, opportunistic))
+            assert "the connection no longer requires verified TLS" in page
+            problem = send_with_stored_settings()
+            assert problem is not None and "No password is stored" in problem.advice
+        else:
+            assert "No password is stored for these values" in run_test(admin_client, opportunistic)
+    assert server.recorder.logins == []
