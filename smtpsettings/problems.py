@@ -273,7 +273,16 @@ def _rejected(
 
 def _timeout(step: str, plan: ConnectionPlan, where: str) -> SmtpProblem:
     seconds = f"{plan.options.timeout:g}"
-    if step == "greeting" and plan.security is not Security.SMTPS:
+    if step == "greeting" and plan.security is not Security.SMTPS and plan.port != 25:
+        # The transport asked a second connection for a TLS handshake, and none came.
+        advice = (
+            f"{where} accepted the connection but sent no greeting within {seconds} seconds, "
+            "and does not answer a TLS handshake either, so it is not SMTPS. The server may be "
+            "stalled or overloaded, or nothing that speaks SMTP listens on this port: check "
+            "Server and Port."
+        )
+        kind = "no-greeting"
+    elif step == "greeting" and plan.security is not Security.SMTPS:
         advice = (
             f"{where} accepted the connection but sent no greeting within {seconds} seconds. "
             "It probably expects TLS from the first byte (SMTPS): choose Force SMTPS, or use "

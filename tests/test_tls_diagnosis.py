@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import re
+import socket
 import ssl
 
 import pytest
 
-from tests.smtpservers import Certificates, certificates, require_test_host, self_signed
+from tests.smtpservers import (
+    TEST_HOST,
+    Certificates,
+    Server,
+    certificates,
+    require_test_host,
+    self_signed,
+)
 from tests.tls_servers import problem_of, tls_server, transport
 
 
@@ -102,3 +110,14 @@ def test_the_wrong_pin_text_shows_each_fingerprint_once(algorithm):
     assert flat.count(actual) == 1
     size = 32 if algorithm == "sha256" else 20
     assert problem.advice.count(":".join(["AB"] * size)) == 1  # the pin, once
+
+
+def test_a_silent_server_that_does_not_answer_tls_either_is_not_called_smtps():
+    """A port that accepts and says nothing, even to a ClientHello, is not SMTPS: advising
+    Force SMTPS would send the administrator the wrong way."""
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as silent:  # never accepts
+        server = Server(TEST_HOST, silent.getsockname()[1], None, None)
+        problem = problem_of(transport(server, timeout=2))
+    assert problem.kind == "no-greeting"
+    assert "does not answer a TLS handshake either" in problem.advice
+    assert "Force SMTPS" not in problem.advice
