@@ -14,6 +14,7 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from gatewaymgr.instance import read_or_create_secret_key
+from gatewaymgr.public_url import public_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
@@ -26,7 +27,11 @@ SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 SMTP_ENCRYPTION_KEYS = env.list("SMTP_ENCRYPTION_KEYS", default=[])
 DEBUG = env.bool("DEBUG", default=False)
 
-PUBLIC_URL = env.str("PUBLIC_URL", default="http://127.0.0.1:8000").rstrip("/")
+# Without PUBLIC_URL, links in e-mails follow BIND (scripts/run's address); when BIND listens
+# on every address there is no name to derive, and start-up (ensure_admin) prints this warning.
+PUBLIC_URL, PUBLIC_URL_WARNING = public_url(
+    env.str("PUBLIC_URL", default=""), env.str("BIND", default="")
+)
 _public = urlsplit(PUBLIC_URL)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 if _public.hostname and _public.hostname not in ALLOWED_HOSTS:

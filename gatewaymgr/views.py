@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -28,6 +29,17 @@ from .models import Invitation, InvitationStatus
 VIEW_INVITATIONS = "gatewaymgr.view_invitation"
 INVITE = "gatewaymgr.add_invitation"  # invite and resend
 REVOKE = "gatewaymgr.change_invitation"
+
+
+FAVICON = Path(__file__).parent / "static" / "gatewaymgr" / "favicon.ico"
+
+
+@require_http_methods(["GET", "HEAD"])
+def favicon(request: HttpRequest) -> HttpResponse:
+    """/favicon.ico, which browsers and tools ask for whatever the page's <link rel=icon>."""
+    response = HttpResponse(FAVICON.read_bytes(), content_type="image/x-icon")
+    response["Cache-Control"] = "public, max-age=86400"
+    return response
 
 
 @login_required

@@ -8,6 +8,8 @@ an owner-only file in the data directory and only that file's path is printed.
 from __future__ import annotations
 
 import secrets
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +34,15 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, username: str, email: str, url: str | None, **options: Any):
         url = url or f"{settings.PUBLIC_URL}/"
+        if settings.PUBLIC_URL_WARNING:
+            self.stderr.write(self.style.WARNING(f"Warning: {settings.PUBLIC_URL_WARNING}"))
         saved = Path(settings.DATA_DIR) / instance.FIRST_ADMIN_PASSWORD
         User = get_user_model()
-        if User.objects.filter(is_superuser=True).exists():
+        first = User.objects.filter(is_superuser=True).order_by("pk").first()
+        if first is not None:
             self.stdout.write(
                 f"Sign in at {url} with your administrator account "
-                "(forgotten the password? python manage.py changepassword USERNAME)."
+                f"(forgot the password? {changepassword(first.get_username())})."
             )
             if saved.exists():
                 self.stdout.write(
@@ -51,7 +56,7 @@ class Command(BaseCommand):
             self.style.SUCCESS("Created the first administrator.")
             + f"\n  Sign in at {url}\n  user:     {username}"
         )
-        change = f"python manage.py changepassword {username}"
+        change = changepassword(username)
         if self.stdout.isatty():
             self.stdout.write(
                 f"  password: {password}\n  (shown once, here only; change it with: {change})"
@@ -65,3 +70,10 @@ class Command(BaseCommand):
             f"  password: in {saved}, readable only by its owner (not printed: this output is "
             f"not a terminal)\n  Change it with: {change}, then remove the file: rm {saved}"
         )
+
+
+def changepassword(username: str) -> str:
+    """The command that changes a password, runnable as printed from any directory and without
+    the virtualenv activated: this interpreter and this manage.py, by absolute path."""
+    manage = Path(settings.BASE_DIR) / "manage.py"
+    return shlex.join([sys.executable, str(manage), "changepassword", username])
