@@ -15,6 +15,9 @@ from django.core.mail import get_connection, send_mail
 from django.test import override_settings
 
 from notifications.models import OutboundEmail, Status
+from smtpsettings import store
+from smtpsettings.models import SmtpTestRun
+from smtpsettings.tasks import run_smtp_test
 from tests.outbox import OUTBOX, point_settings_at, queue
 from tests.smtpservers import Recorder, free_port, smtp_server
 from tests.workers import lose_task_queue, pending_wake_ups, running_tasks, task_records, wait_until
@@ -193,6 +196,29 @@ def test_no_task_record_left_running_after_a_worker_is_killed(workers):
         first.wait()
         workers()
         wait_until(lambda: sent() == 100, timeout=60, what="all 100 delivered")
+        wait_until(lambda: running_tasks() == 0, timeout=30, what="no task left running")
+
+
+@pytest.mark.skipif(
+    settings.TASKS_BACKEND == "rq", reason="RQ's own maintenance fails abandoned jobs"
+)
+def test_a_task_running_when_its_worker_was_killed_does_not_stay_running(workers):
+    """A "Send test e-mail" run killed with its worker (a delivery wake-up is too short to
+    catch): the surviving worker on the same machine sees the process is gone."""
+    with smtp_server(recorder=Recorder(data_delay=30)) as server:  # answers DATA too late
+        point_settings_at(server.host, server.port)
+        record = store.load()
+        run = SmtpTestRun.objects.create(
+            recipient="bob@example.com",
+            config={name: getattr(record, name) for name in store.EDITABLE},
+            password_token=record.password_token,
+        )
+        first = workers()
+        run_smtp_test.enqueue(run.pk)
+        wait_until(lambda: running_tasks() == 1, what="the test e-mail running")
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        workers()
         wait_until(lambda: running_tasks() == 0, timeout=30, what="no task left running")
 
 
