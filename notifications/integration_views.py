@@ -217,9 +217,25 @@ def token_page(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @permission_required(MANAGE_TOKENS, raise_exception=True)
-@require_POST
+@require_http_methods(["GET", "POST"])
 def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    """Asks first (GET), then revokes (POST)."""
     token = get_object_or_404(ApiToken, pk=pk)
+    if request.method == "GET":
+        if not token.active:
+            messages.info(request, f"Token {token} was already revoked.")
+            return redirect("integrations:tokens")
+        return confirm_page(
+            request,
+            question=f"Revoke the API token {token.name}?",
+            consequences=[
+                f"Requests with it ({token.prefix}…) get 401 at once; it cannot be undone.",
+                "The programs that use it need a new token.",
+            ],
+            confirm_label="Revoke the token",
+            back_url=reverse("integrations:tokens"),
+            back_label="Keep it",
+        )
     if tokens.revoke(token):
         messages.success(request, f"Token {token} revoked: requests with it now get 401.")
     else:

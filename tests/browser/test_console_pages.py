@@ -14,7 +14,8 @@ import notifications
 from gatewaymgr import invitations
 from gatewaymgr.addresses import Invitee
 from gatewaymgr.models import Invitation
-from notifications.models import Dispatch, Event, Integration, OutboundEmail, Status
+from notifications.models import ApiToken, Dispatch, Event, Integration, OutboundEmail, Status
+from notifications.tokens import create as create_token
 from notifications.triggering import send_test
 from tests.browser.conftest import sign_in, snapshot
 from tests.conftest import make_user
@@ -206,3 +207,17 @@ def test_a_skip_link_is_the_first_stop_and_leads_to_the_content(page):
     expect(skip).to_be_visible()
     page.keyboard.press("Enter")
     expect(page.locator("main")).to_be_focused()
+
+
+def test_revoking_an_api_token_asks_first(page):
+    create_token("deploy pipeline", None, "nonce-1")
+    as_admin(page)
+    page.goto("/integrations/tokens/")
+    page.locator("#tokens").get_by_role("link", name="Revoke").or_(
+        page.locator("#tokens").get_by_role("button", name="Revoke")
+    ).click()
+    expect(page.locator("h1")).to_have_text("Revoke the API token deploy pipeline?")
+    assert ApiToken.objects.get().active  # nothing happened yet
+    page.get_by_role("button", name="Revoke the token").click()
+    expect(page.locator(".message.success")).to_contain_text("requests with it now get 401")
+    assert not ApiToken.objects.get().active
