@@ -46,7 +46,9 @@ def main() -> int:
     from tests.redis_server import temporary_redis
 
     with ExitStack() as stack:
-        os.environ["DATABASE_URL"] = stack.enter_context(temporary_cluster())
+        url = stack.enter_context(temporary_cluster())
+        create_database(url)
+        os.environ["DATABASE_URL"] = url
         os.environ["TASKS_BACKEND"] = options.backend
         if options.backend == "rq":
             os.environ["REDIS_URL"] = stack.enter_context(temporary_redis())
@@ -59,6 +61,14 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
         )
         return run(options, stack)
+
+
+def create_database(url: str) -> None:
+    import psycopg
+
+    server, name = url.rsplit("/", 1)
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
 
 
 def run(options: argparse.Namespace, stack: ExitStack) -> int:
@@ -181,9 +191,11 @@ def run(options: argparse.Namespace, stack: ExitStack) -> int:
         f"\n{elapsed:,.0f} s; {len(killed)} SIGKILLs, {outages} outages, {flushes} Redis "
         f"flushes; 451 {options.temporary:.0%}, cuts {options.cuts:.0%}\n"
     )
-    print(result.table())
-    print(f"{'longest expired lease unclaimed':<30}  {longest_expired:>7,.1f} s")
-    print(f"{'task records left':<30}  {records:>7,}")
+    extra = {
+        "longest expired lease unclaimed": f"{longest_expired:>7,.1f} s",
+        "task records left": f"{records:>7,}",
+    }
+    print(result.table(extra))
     if not result.ok:
         print(f"\nNOT OK: {result}")
     return 0 if result.ok else 1

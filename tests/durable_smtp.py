@@ -456,9 +456,11 @@ class Reconciliation:
             "max attempts": self.max_attempts,
         }
 
-    def table(self) -> str:
-        width = max(len(k) for k in self.counts())
-        return "\n".join(f"{k:<{width}}  {v:>7,}" for k, v in self.counts().items())
+    def table(self, extra: dict[str, str] | None = None) -> str:
+        """One line per count; `extra` adds lines already formatted (a measure, a unit)."""
+        lines = {k: f"{v:>7,}" for k, v in self.counts().items()} | (extra or {})
+        width = max(len(k) for k in lines)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in lines.items())
 
     def __str__(self) -> str:
         examples = {
