@@ -168,12 +168,16 @@ class DeliveryLoop:
             connection.close()
 
     def housekeeping(self) -> None:
+        """Tidy the task records now and then; a failure there never holds up delivery."""
         if time.monotonic() < self.next_housekeeping:
             return
         self.next_housekeeping = time.monotonic() + self.interval
         from .taskrecords import tidy_task_records
 
-        tidy_task_records()
+        try:
+            tidy_task_records()
+        except Exception as error:  # e.g. Redis away: the next round tries again
+            log.warning("Task records: tidying failed: %s", error)
 
 
 def running_loop() -> DeliveryLoop | None:
@@ -191,11 +195,12 @@ def chain_stop_signals(loop: DeliveryLoop) -> None:
         def handler(signum, frame, previous=previous) -> None:
             if loop.stopped_at is not None and time.monotonic() - loop.stopped_at < 1:
                 return
+            first = not loop.stopping.is_set()
             loop.stop()
             if callable(previous):
                 previous(signum, frame)
-            elif previous != signal.SIG_IGN:
-                raise SystemExit(1)
+            elif not first and previous == signal.SIG_DFL:
+                raise SystemExit(1)  # the task worker had no handler: a second signal exits
 
         signal.signal(signum, handler)
 

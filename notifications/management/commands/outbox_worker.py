@@ -69,6 +69,10 @@ def run_db_worker(loop: worker.DeliveryLoop, interval: float) -> None:
 
 
 def run_rq_worker(loop: worker.DeliveryLoop) -> None:
+    """RQ's worker quits when Redis fails under it (or is away at the start); this process
+    does not: the delivery loop goes on from the database, and the RQ worker is started again."""
+    import signal
+
     import django_rq
     from django_tasks_rq.backend import Job
     from rq.worker import SimpleWorker
@@ -78,5 +82,22 @@ def run_rq_worker(loop: worker.DeliveryLoop) -> None:
             super()._install_signal_handlers()
             worker.chain_stop_signals(loop)
 
-    task_worker = django_rq.get_worker("default", worker_class=OutboxRQWorker, job_class=Job)
-    task_worker.work(logging_level="INFO")
+    while not loop.stopping.is_set():
+        try:
+            task_worker = django_rq.get_worker(
+                "default", worker_class=OutboxRQWorker, job_class=Job
+            )
+            task_worker.work(logging_level="INFO")
+        except Exception:
+            log.warning(
+                "The RQ worker stopped (is Redis away?); mail still goes out", exc_info=True
+            )
+        if loop.stopping.is_set():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):  # between two RQ workers
+            signal.signal(signum, signal.SIG_DFL)
+        worker.chain_stop_signals(loop)
+        loop.stopping.wait(RQ_RESTART_SECONDS)
+
+
+RQ_RESTART_SECONDS = 5
