@@ -39,6 +39,9 @@ from tests.postfix_server import accepts, log_tail
 from tests.selfsigned import self_signed_certificate
 
 SUBMISSION_PORT, SMTPS_PORT, PLAIN_PORT = 587, 465, 25
+# With log_selector +smtp_connection, the line that ends a session that got as far as EHLO:
+# "SMTP connection from (client name) [127.0.0.1] closed by QUIT" (or "lost ...").
+SESSION_END = "SMTP connection from ("
 PORTS = (PLAIN_PORT, SUBMISSION_PORT, SMTPS_PORT)
 STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -85,6 +88,22 @@ class EximInstance:
                 )
             time.sleep(0.1)
         return self.received()
+
+    def lines(self, text: str) -> list[str]:
+        return [line for line in self.log().splitlines() if text in line]
+
+    def wait_lines(self, text: str, count: int, timeout: float = 10) -> list[str]:
+        """The log lines containing `text`, once there are `count` of them (Exim writes some
+        only after its reply, so a client can be ahead of the log)."""
+        deadline = time.monotonic() + timeout
+        while len(found := self.lines(text)) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{len(found)} of {count} lines with {text!r} after {timeout:g} s; "
+                    f"log ends:\n{log_tail(self.mainlog)}"
+                )
+            time.sleep(0.05)
+        return found
 
     def failed_logins(self) -> list[str]:
         """The main log's lines for AUTH attempts the authenticators refused."""

@@ -76,6 +76,19 @@ class PostfixInstance:
             return []
         return [line for line in log.splitlines() if text in line]
 
+    def wait_lines(self, text: str, count: int, timeout: float = 10) -> list[str]:
+        """The log lines containing `text`, once there are `count` of them: postlogd writes
+        asynchronously, so a client can be ahead of the log."""
+        deadline = time.monotonic() + timeout
+        while len(found := self.lines(text)) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{len(found)} of {count} lines with {text!r} after {timeout:g} s; "
+                    f"log ends:\n{log_tail(self.log_path)}"
+                )
+            time.sleep(0.05)
+        return found
+
     def sasl_logins(self) -> list[str]:
         """smtpd's line for each message of a signed-in client: "client=..., sasl_method=PLAIN,
         sasl_username=alice", with the message's queue ID."""

@@ -7,6 +7,7 @@ and the message as delivered to its mailbox file.
 
 from __future__ import annotations
 
+import hashlib
 import mailbox
 import re
 import smtplib
@@ -21,6 +22,7 @@ from django.core.mail import EmailMessage, get_connection
 from smtpsettings import store
 from smtpsettings.problems import SmtpProblem
 from tests.components import missing
+from tests.exim_server import SESSION_END
 
 BACKEND = "smtpsettings.backends.StoredSettingsBackend"
 HOSTNAME = "exim.gatewaymgr.test"
@@ -43,7 +45,7 @@ def exim() -> Iterator:
         yield instance
 
 
-def configure(exim, port: int, *, password: str = "", options=None) -> None:
+def configure(exim, port: int, *, password: str = "", options=None, trust: bool = True) -> None:
     record = store.load()
     record.sender_email = "gateway@example.com"
     record.sender_name = "Gateway Manager"
@@ -51,7 +53,8 @@ def configure(exim, port: int, *, password: str = "", options=None) -> None:
     record.options = {"timeout": 10, **(options or {})}
     # Verified TLS where there is TLS: the product sends no password to a remote host over
     # anything less. Port 25 offers none, where a trusted certificate would stop the sending.
-    record.trusted_certificate = exim.certificate_pem if port != exim.plain_port else ""
+    trust = trust and port != exim.plain_port
+    record.trusted_certificate = exim.certificate_pem if trust else ""
     record.auth_method = "password" if password else "none"
     record.username = exim.username if password else ""
     if password:
@@ -149,10 +152,12 @@ def test_password_over_verified_tls_is_received_signed_in(exim, port):
 @pytest.mark.parametrize("port", [587, 465])
 def test_wrong_password_is_refused_once_and_nothing_is_received(exim, port):
     before, refused = len(exim.received()), len(exim.failed_logins())
+    sessions = len(exim.lines(SESSION_END))
     configure(exim, port, password="not the password")
 
     with pytest.raises(SmtpProblem) as caught:
         get_connection(BACKEND).send_messages([message("Wrong password")])
+    exim.wait_lines(SESSION_END, sessions + 1)  # all of that session is in the log
 
     assert caught.value.kind == "auth-refused", str(caught.value)
     assert "refused the user name or password for alice" in str(caught.value)
@@ -182,3 +187,41 @@ def test_a_batch_is_pipelined_over_one_connection_and_all_of_it_received(exim):
     assert len(re.findall(r"SMTP connection from .* count", exim.log())) == connections + 1
     ids = {m["Message-ID"] for m in mailbox.mbox(exim.mailbox)}
     assert {m.extra_headers["Message-ID"] for m in batch} <= ids
+
+
+def pin(pem: str) -> str:
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+
+
+@pytest.mark.parametrize("port", [587, 465])
+def test_exims_untrusted_certificate_stops_the_password_before_auth(exim, port):
+    before, refused = len(exim.received()), len(exim.failed_logins())
+    tls_errors = len(exim.lines("TLS error on connection"))
+    # Exim's self-signed certificate, verified against the system's CAs.
+    configure(exim, port, password=exim.password, trust=False)
+
+    with pytest.raises(SmtpProblem) as caught:
+        get_connection(BACKEND).send_messages([message("Untrusted")])
+    exim.wait_lines("TLS error on connection", tls_errors + 1)  # the product hung up in TLS
+
+    assert caught.value.kind == "untrusted", str(caught.value)
+    assert caught.value.certificate.names == (HOSTNAME,)
+    assert exim.failed_logins()[refused:] == [] and exim.received()[before:] == []
+
+
+def test_a_pinned_certificate_on_465_is_received_over_tls(exim):
+    before, completed = len(exim.received()), len(exim.completed())
+    configure(
+        exim,
+        465,
+        password=exim.password,
+        options={"verify_peer": False, "peer_fingerprint": pin(exim.certificate_pem)},
+        trust=False,
+    )
+    sent = message("Pinned")
+    assert get_connection(BACKEND).send_messages([sent]) == 1
+
+    exim.wait_delivered(completed + 1)
+    line = arrival(exim, before)
+    assert "P=esmtpsa" in line and " X=TLS1.3:" in line and " A=plain:alice" in line
+    assert delivered(exim, sent.extra_headers["Message-ID"])["Subject"] == "Pinned"

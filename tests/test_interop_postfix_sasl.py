@@ -27,6 +27,8 @@ from tests.components import missing
 BACKEND = "smtpsettings.backends.StoredSettingsBackend"
 HOSTNAME = "postfix.gatewaymgr.test"
 ADDRESS = "127.0.0.3"
+# The end of a session whose AUTH all failed: "disconnect from ... starttls=1 auth=0/1 ...".
+REFUSED_SESSION_END = " auth=0/"
 pytestmark = pytest.mark.django_db
 
 
@@ -110,10 +112,14 @@ def test_wrong_password_is_refused_once_with_advice_and_nothing_is_received(subm
     postfix, sasl = submission.postfix, submission.sasl
     refused, mismatches = len(postfix.failed_logins()), len(sasl.failed_logins())
     logins, delivered = len(postfix.sasl_logins()), len(postfix.delivered())
+    sessions = len(postfix.lines(REFUSED_SESSION_END))
     configure(submission, port, "not the password")
 
     with pytest.raises(SmtpProblem) as caught:
         send("Wrong password")
+    # smtpd's last line of the session counts its commands: "auth=0/1" is one AUTH, refused.
+    session_end = postfix.wait_lines(REFUSED_SESSION_END, sessions + 1)[-1]
+    assert " auth=0/1 " in session_end, session_end
 
     problem = caught.value
     assert problem.kind == "auth-refused", str(problem)
