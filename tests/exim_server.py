@@ -212,6 +212,12 @@ def find_binary() -> Path:
             f"the system user {EXIM_USER} that Debian's Exim binary needs does not exist "
             f"(adduser --system --group --force-badname {EXIM_USER}, as .ci/run does)"
         )
+    # The unpacked binary's libraries come from other packages, which must be installed.
+    version = subprocess.run(
+        [str(binary), "-bV", "-C", "/dev/null"], capture_output=True, text=True, check=False
+    )
+    if "error while loading shared libraries" in version.stderr:
+        missing(f"Exim cannot start: {version.stderr.strip()} (apt-get install libidn12)")
     return binary
 
 
