@@ -6,11 +6,11 @@ reconciliation of the database against the SMTP server's durable journal.
 Starts a throwaway PostgreSQL (tests/pgcluster.py), with --backend rq a throwaway Redis
 (tests/redis_server.py), and the journaling SMTP server (tests/durable_smtp.py) answering 451
 to 10% of messages and cutting 2% of connections (half in the middle of DATA, half right after
-the final dot, before the 250). Messages arrive in batches of 100 while a worker is SIGKILLed
-and restarted about every 5 s and the server goes down for a few seconds about every 30 s;
-with rq, Redis is flushed once. When every message is sent or failed, prints the
-reconciliation table (lost, stranded, duplicates explained or not, falsely failed), the
-longest an expired lease went unclaimed, and the task records left. Not part of the suite.
+the final dot, before the 250). Messages arrive in batches of 100 over 4 minutes (--spread)
+while a worker is SIGKILLed and restarted about every 5 s and the server goes down for a few
+seconds about every 30 s; with rq, Redis is flushed once, a minute in. When every message is
+sent or failed, prints the reconciliation table (lost, stranded, duplicates explained or not,
+falsely failed, wrong reply kept), the longest an expired lease went unclaimed, and the task records left. Not part of the suite.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ def main() -> int:
     parser.add_argument("--backend", choices=("db", "rq"), default="db")
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument(
+        "--spread", type=float, default=240, help="seconds over which the messages arrive"
+    )
     parser.add_argument("--kill-every", type=float, default=5.0, help="seconds, on average")
     parser.add_argument("--outage-every", type=float, default=30.0, help="seconds, on average")
     parser.add_argument("--temporary", type=float, default=0.10, help="rate of 451 replies")
@@ -85,6 +88,9 @@ def run(options: argparse.Namespace, stack: ExitStack) -> int:
     from tests.outbox import OUTBOX, point_settings_at
     from tests.workers import database_url, worker_command
 
+    def pending() -> bool:
+        return OutboundEmail.objects.exclude(status__in=FINAL).exists()
+
     rng = random.Random(options.seed)
     server = stack.enter_context(DurableSmtp())
     server.set(
@@ -129,7 +135,8 @@ def run(options: argparse.Namespace, stack: ExitStack) -> int:
     try:
         while time.monotonic() - begin < options.limit:
             now = time.monotonic()
-            if queued < options.messages:
+            arrived = options.messages * min(1.0, (now - begin) / options.spread)
+            if queued < options.messages and queued < arrived:
                 count = min(100, options.messages - queued)
                 messages = [
                     EmailMessage(f"Chaos {i}", f"Body {i}", None, [f"c{i}@example.com"])
@@ -141,7 +148,7 @@ def run(options: argparse.Namespace, stack: ExitStack) -> int:
                 except Exception as error:  # the caller must never see this: count it
                     print(f"send_messages raised {error!r} (rows may be committed)", flush=True)
                     queued = OutboundEmail.objects.count()
-            elif not OutboundEmail.objects.exclude(status__in=FINAL).exists():
+            elif queued >= options.messages and not pending():
                 break
             if now >= next_kill:
                 victim = running.pop(rng.randrange(len(running)))
