@@ -10,7 +10,8 @@ the final dot, before the 250). Messages arrive in batches of 100 over 4 minutes
 while a worker is SIGKILLed and restarted about every 5 s and the server goes down for a few
 seconds about every 30 s; with rq, Redis is flushed once, a minute in. When every message is
 sent or failed, prints the reconciliation table (lost, stranded, duplicates explained or not,
-falsely failed, wrong reply kept), the longest an expired lease went unclaimed, and the task records left. Not part of the suite.
+falsely failed, wrong reply kept), the longest an expired lease went unclaimed, and the task
+records left. Not part of the suite.
 """
 
 from __future__ import annotations
