@@ -135,7 +135,8 @@ class ConnectionPlan:
         if not self.authenticates:
             parts.append("does not sign in")
         elif self.refusal:
-            parts.append(f"but will not sign in as {self.username} without encryption")
+            without = "encryption" if self.security is Security.PLAIN else "verified TLS"
+            parts.append(f"but will not sign in as {self.username} without {without}")
         elif self.uses_oauth:
             how = describe_sign_in(self.oauth_provider, self.oauth_tenant)
             parts.append(f"signs in as {self.username} {how}")

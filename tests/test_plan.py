@@ -146,6 +146,7 @@ def test_opportunistic_tls_does_not_carry_a_password_to_a_remote_host():
     assert result.security is MAY
     assert "or to a server that is not verified" in result.refusal
     assert '{"require_tls": true}' in result.refusal
+    assert result.describe().endswith("but will not sign in as alice without verified TLS.")
 
 
 @pytest.mark.parametrize(
