@@ -68,7 +68,8 @@ info_log_path = {root / "dovecot.log"}
 ssl = no
 auth_mechanisms = {" ".join(m.lower() for m in mechanisms)}
 auth_verbose = yes
-# Dovecot's own delay after a wrong password (2 s by default): each failed AUTH costs it.
+# Dovecot's own delay after a wrong password (2 s by default), and its penalty for an address
+# that keeps failing, which grows with each failure: every failed AUTH costs seconds.
 auth_failure_delay = {failure_delay} secs
 passdb {{
   driver = passwd-file
