@@ -12,12 +12,17 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
+from importlib import metadata
+from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 import pytest
 from django.core.management import call_command
 from django.views.debug import SafeExceptionReporterFilter
 from freezegun import freeze_time
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from gatewaymgr import signin
 from tests.conftest import make_user
@@ -335,3 +340,46 @@ def test_no_hsts_when_the_public_url_is_http():
     headers = response_headers_with("http://console.gatewaymgr.test:8000")
     assert "Strict-Transport-Security" not in headers
     assert "Content-Security-Policy" in headers
+
+
+# Dependencies: the runtime lock is exactly what the product needs; the test tools are apart.
+
+
+def lock_names(path: Path) -> set[str]:
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return {
+        canonicalize_name(line.split("==")[0])
+        for line in lines
+        if line and not line.startswith(("#", "-r"))
+    }
+
+
+def needed_by(requirements: list[str]) -> set[str]:
+    """Every distribution the given requirements pull in, as installed here (markers and
+    extras evaluated), themselves included."""
+    found: set[str] = set()
+    todo = [Requirement(text) for text in requirements]
+    while todo:
+        requirement = todo.pop()
+        name = canonicalize_name(requirement.name)
+        for extra in requirement.extras or {""}:
+            key = f"{name}[{extra}]"
+            if key in found:
+                continue
+            found.add(key)
+            for text in metadata.requires(name) or []:
+                child = Requirement(text)
+                if child.marker is None or child.marker.evaluate({"extra": extra}):
+                    todo.append(child)
+    return {key.split("[")[0] for key in found}
+
+
+def test_the_runtime_lock_holds_what_the_product_needs_and_no_test_tool():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = needed_by(project["dependencies"])
+    with_tests = needed_by(project["dependencies"] + project["optional-dependencies"]["test"])
+
+    assert lock_names(ROOT / "requirements.lock") == runtime
+    assert "-r requirements.lock" in (ROOT / "requirements-test.lock").read_text()
+    assert lock_names(ROOT / "requirements-test.lock") == with_tests - runtime
+    assert {"pytest", "playwright", "ruff", "aiosmtpd", "trustme"} <= with_tests - runtime
