@@ -8,13 +8,16 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import User
 from django.core.mail import EmailMessage, get_connection
+from playwright.sync_api import expect
 
 import notifications
 from gatewaymgr import invitations
 from gatewaymgr.addresses import Invitee
+from gatewaymgr.models import Invitation
 from notifications.models import ApiToken, Integration, OutboundEmail
 from notifications.tokens import create as create_token
 from tests.browser.conftest import sign_in, snapshot
+from tests.smtpservers import require_test_host, self_signed, smtp_server
 
 pytestmark = pytest.mark.browser
 
@@ -26,7 +29,8 @@ SCREENSHOTS = (390, 1366)
 OVERFLOWING = """
 () => {
   const width = document.documentElement.clientWidth;
-  const bar = document.querySelector('.topbar').getBoundingClientRect();
+  const topbar = document.querySelector('.topbar');
+  const bar = topbar ? topbar.getBoundingClientRect() : null;
   const describe = (el) => el.tagName.toLowerCase() + (el.id ? '#' + el.id : '')
       + (typeof el.className === 'string' && el.className
          ? '.' + el.className.trim().split(/\\s+/).join('.') : '')
@@ -45,7 +49,7 @@ OVERFLOWING = """
     const style = getComputedStyle(el);
     if (style.visibility === 'hidden' || style.position === 'absolute' && r.bottom <= 0) continue;
     if (!inScrollBox(el) && (r.right > width + 0.5 || r.left < -0.5)) found.push(describe(el));
-    if (el.closest('.topbar') && el !== document.querySelector('.topbar')
+    if (bar && el.closest('.topbar') && el !== topbar
         && (r.bottom > bar.bottom + 0.5 || r.right > bar.right + 0.5)) {
       found.push('outside the top bar: ' + describe(el));
     }
@@ -53,6 +57,11 @@ OVERFLOWING = """
   return found;
 }
 """
+
+SCROLLS_SIDEWAYS = "document.documentElement.scrollWidth > document.documentElement.clientWidth"
+
+# The same, in a frame's own document (which has no top bar).
+OVERFLOWING_FRAME = OVERFLOWING
 
 
 def seed() -> dict[str, str]:
@@ -133,3 +142,70 @@ def test_the_sign_in_page_fits_a_phone(page):
         "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
     )
     snapshot(page, "console-sign-in-360")
+
+
+def test_the_test_result_trust_and_confirmation_pages_fit_a_phone(page, workers):
+    """The SMTP test result (its frame and its own page), "Trust this certificate?", a
+    confirmation page, and the pages an invited person sees, at 360 and 390 px."""
+    require_test_host()
+    workers()  # the test e-mail is sent by a worker
+    User.objects.create_superuser("root", "root@example.com", "correct horse battery")
+    invitations.invite([Invitee("bob@example.com")])
+    page.set_viewport_size({"width": 390, "height": 800})
+    page.goto("/login/")
+    sign_in(page, "root", "correct horse battery")
+    page.wait_for_url("**/")
+    with smtp_server(mode="starttls", certs=self_signed()) as server:
+        page.goto("/settings/smtp/")
+        page.fill("#id_sender_email", "gateway-notifications@subsidiary.internal.example.com")
+        page.fill("#id_host", server.host)
+        page.fill("#id_port", str(server.port))
+        page.click("button:has-text('Save settings')")
+        page.click("button:has-text('Send test e-mail')")
+        frame = page.frame_locator("#test-result")
+        expect(frame.locator("#diagnosis table.transcript")).to_be_visible()
+        result = page.locator("text=Open the result on its own page").get_attribute("href")
+        frame.locator("text=Trust this certificate…").click()
+        expect(page.locator("h1")).to_have_text("Trust this certificate?")
+    invitation = Invitation.objects.get()
+    pages = {
+        "smtp-tested": "/settings/smtp/",
+        "test-result": result,
+        "trust": "/settings/smtp/trust/",
+        "confirm-revoke": f"/users/invitations/{invitation.pk}/revoke/",
+        "not-found": "/no-such-page/",
+    }
+    problems = {}
+    for width in (360, 390):
+        page.set_viewport_size({"width": width, "height": 800})
+        for name, path in pages.items():
+            page.goto(path)
+            found = page.evaluate(OVERFLOWING)
+            if page.evaluate(SCROLLS_SIDEWAYS):
+                found.insert(0, "the page scrolls sideways")
+            for frame in page.frames[1:]:  # the test result inside the SMTP page
+                found += [f"in its frame: {f}" for f in frame.evaluate(OVERFLOWING_FRAME)]
+            if found:
+                problems[f"{name} at {width} px"] = found[:5]
+            if width == 390:
+                snapshot(page, f"console-{name}-390")
+    assert problems == {}
+
+
+def test_on_a_wide_screen_no_list_hides_its_row_actions_in_a_scroll_box(page):
+    seed()
+    page.goto("/login/")
+    sign_in(page, "root", "correct horse battery")
+    page.wait_for_url("**/")
+    page.set_viewport_size({"width": 1366, "height": 800})
+    scrolled = {}
+    for path in ("/users/", "/outbox/", "/integrations/", "/integrations/tokens/", "/events/"):
+        page.goto(path)
+        boxes = page.eval_on_selector_all(
+            ".table-scroll", "els => els.map(e => [e.scrollWidth, e.clientWidth])"
+        )
+        if any(scroll > client for scroll, client in boxes):
+            scrolled[path] = boxes
+    assert scrolled == {}
+    revoke = page.goto("/users/") and page.get_by_role("link", name="Revoke").first
+    assert revoke.bounding_box()["x"] + revoke.bounding_box()["width"] <= 1366
