@@ -189,6 +189,16 @@ def test_after_a_failed_submit_focus_is_on_an_error_summary_linking_to_each_fiel
     expect(page.locator("#id_recipients")).to_be_focused()
     snapshot(page, "error-summary-integration")
 
+    page.goto("/users/")
+    page.fill("#id_valid_days", "0")
+    page.fill("#id_addresses", "bob@example.com")
+    page.click("button:has-text('Send invitations')")
+    summary = page.locator("#error-summary")
+    expect(summary).to_be_focused()
+    expect(summary).to_contain_text("Nobody was invited.")
+    summary.get_by_role("link", name="Link valid for").click()
+    expect(page.locator("#id_valid_days")).to_be_focused()
+
     page.goto("/settings/smtp/")
     page.fill("#id_port", "99999")
     page.click("button:has-text('Save settings')")
