@@ -106,6 +106,15 @@ def test_the_read_only_smtp_page_says_so_at_the_top(page):
     snapshot(page, "smtp-read-only")
 
 
+def test_a_read_only_integration_says_so_at_the_top(page):
+    integration = Integration.objects.create(name="Ops", recipients=["ops@example.com"])
+    as_user(page, "viewer", "notifications.view_integration")
+    page.goto(f"/integrations/{integration.pk}/")
+    notice = page.locator("#read-only")
+    expect(notice).to_contain_text("You can view this integration but not change it.")
+    assert notice.bounding_box()["y"] < page.locator("#id_name").bounding_box()["y"]
+
+
 def test_revoking_an_invitation_asks_first_on_a_page_of_its_own(page):
     invitations.invite([Invitee("bob@example.com")])
     as_admin(page)
