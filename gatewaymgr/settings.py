@@ -123,7 +123,9 @@ EMAIL_BACKEND = "notifications.backends.OutboxBackend"
 DEFAULT_FROM_EMAIL = "gateway-manager@localhost"  # replaced by the stored sender when sending
 OUTBOX_RETRY_HOURS = env.float("OUTBOX_RETRY_HOURS", default=24)
 OUTBOX_RETRY_FIRST_DELAY = env.float("OUTBOX_RETRY_FIRST_DELAY", default=30)
-OUTBOX_LEASE_SECONDS = env.int("OUTBOX_LEASE_SECONDS", default=600)
+# A live worker renews its claims every third of this, even during a slow send (worker.py):
+# it bounds how long a dead worker's messages wait, not how long a send may take.
+OUTBOX_LEASE_SECONDS = env.int("OUTBOX_LEASE_SECONDS", default=45)
 OUTBOX_BATCH_SIZE = env.int("OUTBOX_BATCH_SIZE", default=100)
 OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=30)
 # Each worker looks for due mail and expired leases at least this often, whatever the task

@@ -26,7 +26,7 @@ from django.db import close_old_connections, connection
 from django.db.models import Min
 from django.utils import timezone
 
-from .delivery import WORKER_ID, Courier, breaker, release_claims
+from .delivery import WORKER_ID, Courier, breaker, release_claims, renew_claims
 from .models import OutboundEmail, Status
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ class DeliveryLoop:
         self.doorbell = threading.Event()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.run, name="outbox-delivery", daemon=True)
+        self.heartbeat = threading.Thread(target=self.renew, name="outbox-lease", daemon=True)
         self.next_housekeeping = 0.0
         self.stopped_at: float | None = None  # monotonic time of the first stop request
 
@@ -127,6 +128,7 @@ class DeliveryLoop:
         global _loop
         _loop = self
         self.thread.start()
+        self.heartbeat.start()
 
     def wake(self) -> None:
         self.doorbell.set()
@@ -165,6 +167,26 @@ class DeliveryLoop:
                 self.doorbell.wait(wait)
         finally:
             courier().close()
+            connection.close()
+
+    def renew(self) -> None:
+        """While this process lives, its claims live: renewed every third of the lease, apart
+        from sending, so one send may take longer than the lease without another worker
+        taking its message. The lease can then be short, and a dead worker's mail goes out
+        again soon after its death."""
+        every = settings.OUTBOX_LEASE_SECONDS / 3
+        try:
+            while True:
+                if self.stopping.wait(every):  # hold on while the message in flight finishes
+                    self.thread.join(every)
+                    if not self.thread.is_alive():
+                        return
+                try:
+                    close_old_connections()
+                    renew_claims(courier().worker)
+                except Exception as error:  # the database is away: the lease may run out
+                    log.warning("Outbox: could not renew this worker's claims: %s", error)
+        finally:
             connection.close()
 
     def housekeeping(self) -> None:

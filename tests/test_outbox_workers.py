@@ -128,6 +128,21 @@ def test_batch_of_a_worker_killed_after_its_wake_up_is_sent_again(workers):
     assert len(ids) == 200 and sum(ids.values()) - 200 <= 1  # only the one in flight twice
 
 
+def test_a_send_slower_than_the_lease_is_not_taken_by_another_worker(workers):
+    """The lease is short (so a dead worker's mail goes out again within a minute), yet a
+    live worker keeps its claims for as long as one send takes."""
+    recorder = Recorder(data_delay=4)  # each send outlasts the 2 s lease twice over
+    with smtp_server(recorder=recorder) as server:
+        point_settings_at(server.host, server.port, timeout=30)
+        queue(3)
+        workers()
+        wait_until(lambda: OutboundEmail.objects.filter(status=Status.SENDING).count() == 3)
+        workers()  # idle: it sweeps for expired leases every second
+        wait_until(lambda: sent() == 3, timeout=60, what="all 3 delivered")
+    assert sorted(message_ids(server).values()) == [1, 1, 1]
+    assert OutboundEmail.objects.values("history__worker").distinct().count() == 1
+
+
 @pytest.mark.skipif(settings.TASKS_BACKEND != "rq", reason="the wake-up goes to Redis on RQ only")
 def test_send_mail_while_redis_is_down_returns_and_the_mail_goes_later(workers):
     with smtp_server() as server:
