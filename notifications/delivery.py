@@ -35,6 +35,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from gatewaymgr.untrusted import printable
 from smtpsettings import store
 from smtpsettings.backends import transport_for
 from smtpsettings.problems import SmtpProblem
@@ -124,6 +125,30 @@ def release_claims(worker: str) -> int:
     )
 
 
+def put_off(worker: str, email: OutboundEmail, error: BaseException) -> None:
+    """`email`'s send was ended by an exception that is no reply of the server (a job
+    system's timeout, a bug): back to the queue after its backoff, the attempt counted."""
+    now = timezone.now()
+    when = now + datetime.timedelta(seconds=retry_policy().delay(email.attempts))
+    said = printable(f"{type(error).__name__}: {error}")
+    reason = f"The send was interrupted ({said}); it will be retried."
+    with transaction.atomic():
+        if (
+            held_by(worker)
+            .filter(pk=email.pk)
+            .update(
+                status=Status.QUEUED,
+                claimed_by="",
+                lease_until=None,
+                next_attempt_at=when,
+                last_error=reason,
+            )
+        ):
+            DeliveryAttempt.objects.create(
+                email=email, at=now, worker=worker, outcome="retry", step="data", advice=reason
+            )
+
+
 def breaker() -> Breaker | None:
     return Breaker.objects.filter(pk=1).first()
 
@@ -204,6 +229,7 @@ class Courier:
     # The server's answer to a send not yet committed: recorded even if interrupted.
     _unrecorded: tuple | None = field(default=None, repr=False)
     _probing: bool = field(default=False, repr=False)  # the breaker had tripped before
+    _in_flight: OutboundEmail | None = field(default=None, repr=False)  # being sent
 
     def request_stop(self) -> None:
         """Stop soon; safe from another thread or a signal handler. The drain finishes the
@@ -246,10 +272,12 @@ class Courier:
         bug) drops the connection, gives back every message this worker holds, and goes on."""
         try:
             return self._drain(batch_size or settings.OUTBOX_BATCH_SIZE, on_claim)
-        except BaseException:
+        except BaseException as error:
             self.abort()
-            self._give_back()
+            self._give_back(error)
             raise
+        finally:
+            self._in_flight = None
 
     def _drain(self, batch_size: int, on_claim: Callable[[], None] | None) -> int:
         started = timezone.now()
@@ -292,6 +320,7 @@ class Courier:
                 continue  # another worker holds it now: it is theirs to send
             following = batch[index + 1] if index + 1 < len(batch) else None
             problem, mine = self.deliver(transport, email, check=following)
+            self._in_flight = None
             if problem is not None and concerns_connection(problem):
                 return done, problem
             done += 1
@@ -300,12 +329,17 @@ class Courier:
                 self._probing = False
         return done, None
 
-    def _give_back(self) -> int:
-        """Record a reply that arrived but was not yet committed, then release the rest."""
+    def _give_back(self, error: BaseException | None = None) -> int:
+        """Record a reply that arrived but was not yet committed, then release the rest. A
+        send ended by an exception (not a stop: SystemExit, KeyboardInterrupt) keeps its
+        attempt and waits its backoff, so a message that always ends so cannot hold the head
+        of the queue; it is never failed for it."""
         try:
             if self._unrecorded is not None:
                 email, refused = self._unrecorded
                 self.record(email, refused=refused)
+            elif self._in_flight is not None and isinstance(error, Exception):
+                put_off(self.worker, self._in_flight, error)
             return release_claims(self.worker)
         except Exception:  # the lease runs out and another worker takes them
             log.exception("Outbox: could not give back the messages of %s", self.worker)
@@ -330,6 +364,7 @@ class Courier:
             # A problem of this message alone: fail it, and the connection serves the rest.
             problem = SmtpProblem("body", str(error), kind="body-unavailable")
             return problem, self.record(email, problem=problem, check=check)
+        self._in_flight = email
         try:
             refused = transport.send(email.envelope_from, recipients, data)
         except SmtpProblem as problem:
