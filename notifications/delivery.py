@@ -174,13 +174,14 @@ def hold_queue(worker: str, problem: SmtpProblem) -> int:
             if policy.expired(email.created_at, now):  # bounced, with the reason
                 recipients = give_up(record_problem(email.recipients, problem))
                 status = settle(recipients)
+                done = {"sent_at": now, "message_token": ""} if status == Status.SENT else {}
                 OutboundEmail.objects.filter(pk=email.pk).update(
                     status=status,
                     recipients=recipients,
                     claimed_by="",
                     lease_until=None,
                     last_error=reason,
-                    sent_at=now if status == Status.SENT else None,
+                    **done,
                 )
                 outcome = "failed" if status == Status.FAILED else "partly sent"
             else:
@@ -269,7 +270,8 @@ class Courier:
         scheduled meanwhile waits for its time. `on_claim` runs once, at the first claim.
 
         An exception of any kind (a job system's timeout, SystemExit, KeyboardInterrupt, a
-        bug) drops the connection, gives back every message this worker holds, and goes on."""
+        bug) drops the connection, gives back every message this worker holds (see
+        _give_back), and is raised again. Nothing is marked failed for it."""
         try:
             return self._drain(batch_size or settings.OUTBOX_BATCH_SIZE, on_claim)
         except BaseException as error:
