@@ -184,7 +184,7 @@ def run(options: argparse.Namespace, stack: ExitStack) -> int:
             server.events(),
             killed=killed,
             now=time.time(),
-            grace=options.lease + settings.OUTBOX_SWEEP_SECONDS + 60,
+            grace=options.lease + getattr(settings, "OUTBOX_SWEEP_SECONDS", 0) + 60,
         )
         records = task_records(settings.TASKS_BACKEND)
     finally:
