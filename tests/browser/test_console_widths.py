@@ -209,3 +209,24 @@ def test_on_a_wide_screen_no_list_hides_its_row_actions_in_a_scroll_box(page):
     assert scrolled == {}
     revoke = page.goto("/users/") and page.get_by_role("link", name="Revoke").first
     assert revoke.bounding_box()["x"] + revoke.bounding_box()["width"] <= 1366
+
+
+def test_on_a_phone_the_long_lists_are_stacked_rows_with_their_actions_in_view(page):
+    seed()
+    page.goto("/login/")
+    sign_in(page, "root", "correct horse battery")
+    page.wait_for_url("**/")
+    page.set_viewport_size({"width": 390, "height": 844})
+    for path in ("/outbox/", "/users/", "/events/", "/integrations/tokens/"):
+        page.goto(path)
+        boxes = page.eval_on_selector_all(
+            ".table-scroll", "els => els.map(e => [e.scrollWidth, e.clientWidth])"
+        )
+        assert all(scroll <= client for scroll, client in boxes[:1]), (path, boxes)
+    page.goto("/users/")
+    row = page.locator("#invitations tbody tr").first
+    revoke = row.get_by_role("link", name="Revoke")
+    box = revoke.bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 390
+    # Each value says which column it belongs to.
+    assert row.locator("td[data-label='Expires']").is_visible()
