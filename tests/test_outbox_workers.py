@@ -1,7 +1,7 @@
-"""The outbox with real worker processes and a real SMTP server: crashes, restarts and
-competing workers. Runs on SQLite and on PostgreSQL with the database task backend
-(manage.py db_worker), and again on Redis with RQ workers (scripts/test runs it under
-`python -m tests.redis_server`, which sets TASKS_BACKEND=rq)."""
+"""The outbox with real worker processes (manage.py outbox_worker) and a real SMTP server:
+crashes, restarts, competing workers, a task queue that loses its jobs, stop signals. Runs on
+SQLite and on PostgreSQL with the database task backend, and again on Redis with RQ
+(scripts/test runs it under `python -m tests.redis_server`, which sets TASKS_BACKEND=rq)."""
 
 from __future__ import annotations
 
@@ -157,6 +157,7 @@ def test_send_mail_while_redis_is_down_returns_and_the_mail_goes_later(workers):
 
 
 def test_many_messages_stored_make_one_wake_up(workers):
+    lose_task_queue()  # Redis outlives a test: start from an empty queue
     with smtp_server() as server:
         point_settings_at(server.host, server.port)
         for i in range(100):  # each call its own transaction: 100 wake-up requests
@@ -167,6 +168,7 @@ def test_many_messages_stored_make_one_wake_up(workers):
 
 
 def test_waiting_retries_schedule_no_task_per_delivery(workers):
+    lose_task_queue()  # Redis outlives a test: start from an empty queue
     recorder = Recorder(refuse_recipients={"later@example.com": "451 4.2.0 Mailbox busy"})
     with smtp_server(recorder=recorder) as server:
         point_settings_at(server.host, server.port)
