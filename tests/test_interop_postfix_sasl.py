@@ -10,6 +10,8 @@ usual configuration, where the product signs in with PLAIN; and Dovecot offering
 
 from __future__ import annotations
 
+import json
+import re
 import smtplib
 import socket
 import ssl
@@ -21,6 +23,7 @@ import pytest
 from django.core.mail import EmailMessage, get_connection
 
 from smtpsettings import store
+from smtpsettings.diagnostics import send_test_email
 from smtpsettings.problems import SmtpProblem
 from tests.components import missing
 
@@ -162,3 +165,43 @@ def test_without_starttls_no_password_is_sent_and_postfix_relays_nothing(submiss
     assert "does not offer authentication" in str(caught.value)
     assert postfix.failed_logins()[refused:] == postfix.sasl_logins()[logins:] == []
     assert postfix.delivered()[delivered:] == []
+
+
+def test_the_test_email_shows_the_sign_in_and_postfixs_queue_id(submission):
+    """What Send test e-mail (page and `smtp_settings test`) shows an administrator: the AUTH
+    step with the mechanism, the user and Postfix's 235, and DATA with Postfix's own queue ID,
+    which is the one Postfix logged for the signed-in client; never the password."""
+    postfix, sasl = submission.postfix, submission.sasl
+    logins, delivered = len(postfix.sasl_logins()), len(postfix.delivered())
+    configure(submission, 587, sasl.password)
+
+    diagnosis = send_test_email(store.load(), "someone@example.com")
+
+    assert diagnosis.delivered, diagnosis.problem
+    steps = {step.name: step for step in diagnosis.steps}
+    assert steps["auth"].detail == f"{submission.mechanism} as alice"
+    assert steps["auth"].reply.startswith("235 2.7.0")
+    # "354 End data with <CR><LF>.<CR><LF>, then 250 2.0.0 Ok: queued as 443D6282524"
+    queued = re.search(r"\b250 2\.0\.0 Ok: queued as (\w+)$", steps["data"].reply)
+    assert queued, steps["data"].reply
+    postfix.wait_delivered(delivered + 1)
+    (login,) = postfix.sasl_logins()[logins:]
+    assert queue_id(login) == queued[1]
+    assert sasl.password not in json.dumps(diagnosis.as_dict())
+
+
+def test_the_test_email_with_a_wrong_password_shows_postfixs_refusal(submission):
+    postfix = submission.postfix
+    sessions = len(postfix.lines(REFUSED_SESSION_END))
+    configure(submission, 465, "not the password")
+
+    diagnosis = send_test_email(store.load(), "someone@example.com")
+
+    problem = diagnosis.as_dict()["problem"]
+    assert problem["step"] == "auth" and problem["kind"] == "auth-refused"
+    assert "refused the user name or password for alice" in problem["advice"]
+    assert problem["server_reply"].startswith("535 5.7.8 Error: authentication failed")
+    assert [step.name for step in diagnosis.steps if not step.ok] == ["auth"]
+    session_end = postfix.wait_lines(REFUSED_SESSION_END, sessions + 1)[-1]
+    assert " auth=0/1 " in session_end, session_end
+    assert "not the password" not in json.dumps(diagnosis.as_dict())
