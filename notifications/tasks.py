@@ -34,10 +34,11 @@ def wake_up_waiting() -> bool:
     if settings.TASKS_BACKEND == "rq":
         import django_rq
         from rq.job import Job
+        from rq.utils import as_text
 
         queue = django_rq.get_queue(deliver_outbox.queue_name)
         newest = queue.connection.lrange(queue.key, -20, -1)  # jobs are pushed on the right
-        ids = [job_id.decode() for job_id in newest]
+        ids = [as_text(job_id) for job_id in newest]
         jobs = Job.fetch_many(ids, connection=queue.connection)
         return any(job is not None and job.func_name == deliver_outbox.module_path for job in jobs)
     from django_tasks_db.models import DBTaskResult
