@@ -59,6 +59,7 @@ class EximInstance:
     plain_port: int
     certificate_pem: str  # the server's self-signed certificate for the hostname
     username: str  # the one user the AUTH authenticators accept
+    mechanisms: tuple[str, ...]  # what AUTH offers, in order
     password: str
     mainlog: Path
     mailbox: Path  # every delivered message, appended in mbox format
@@ -123,7 +124,14 @@ def credentials_condition(user: str, password: str) -> str:
 
 
 def exim_configuration(
-    *, root: Path, binary: Path, address: str, hostname: str, key: Path, certificate: Path
+    *,
+    root: Path,
+    binary: Path,
+    address: str,
+    hostname: str,
+    key: Path,
+    certificate: Path,
+    mechanisms: tuple[str, ...],
 ) -> str:
     return f"""\
 exim_path = {binary}
@@ -179,21 +187,29 @@ mailbox:
   mode = 0600
 
 begin authenticators
+""" + "".join(AUTHENTICATORS[mechanism] for mechanism in mechanisms)
 
+
+# Exim's plaintext authenticators, offered in the order given (PLAIN's response is
+# "\0user\0password": $auth2 and $auth3; LOGIN prompts for each: $auth1 and $auth2).
+AUTHENTICATORS = {
+    "PLAIN": f"""
 plain:
   driver = plaintext
   public_name = PLAIN
   server_prompts = :
   server_condition = {credentials_condition("$auth2", "$auth3")}
   server_set_id = $auth2
-
+""",
+    "LOGIN": f"""
 login:
   driver = plaintext
   public_name = LOGIN
   server_prompts = <| Username: | Password:
   server_condition = {credentials_condition("$auth1", "$auth2")}
   server_set_id = $auth1
-"""
+""",
+}
 
 
 def find_binary() -> Path:
@@ -253,8 +269,12 @@ def stop(daemon: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def running_exim(
-    *, address: str = "127.0.0.4", hostname: str = "exim.gatewaymgr.test"
+    *,
+    address: str = "127.0.0.4",
+    hostname: str = "exim.gatewaymgr.test",
+    mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN"),
 ) -> Iterator[EximInstance]:
+    """`mechanisms`: the AUTH mechanisms offered (after TLS), of PLAIN and LOGIN."""
     binary = find_binary()
     if os.geteuid() != 0:
         missing("a private Exim instance needs root (it binds port 25 and uses -C)")
@@ -288,6 +308,7 @@ def running_exim(
                 hostname=hostname,
                 key=key,
                 certificate=certificate,
+                mechanisms=mechanisms,
             )
         )
         configuration.chmod(0o644)
@@ -298,6 +319,7 @@ def running_exim(
             plain_port=PLAIN_PORT,
             certificate_pem=certificate_pem,
             username=USERNAME,
+            mechanisms=mechanisms,
             password=PASSWORD,
             mainlog=root / "log" / "mainlog",
             mailbox=root / "mail" / "mailbox",
