@@ -22,7 +22,7 @@ from django.core.mail import EmailMessage, get_connection
 from smtpsettings import store
 from smtpsettings.problems import SmtpProblem
 from tests.components import missing
-from tests.exim_server import SESSION_END
+from tests.exim_server import SESSION_END, running_exim
 
 BACKEND = "smtpsettings.backends.StoredSettingsBackend"
 HOSTNAME = "exim.gatewaymgr.test"
@@ -34,8 +34,6 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(scope="module", params=[("PLAIN", "LOGIN"), ("LOGIN",)], ids=["PLAIN", "LOGIN"])
 def exim(request) -> Iterator:
     """Exim offering PLAIN LOGIN (the product signs in with PLAIN), then LOGIN alone."""
-    from tests.exim_server import running_exim
-
     try:
         address = socket.gethostbyname(HOSTNAME)
     except OSError:
