@@ -80,8 +80,9 @@ def due(cutoff: datetime.datetime, now: datetime.datetime):
 
 
 def claim(worker: str, size: int, cutoff: datetime.datetime | None = None) -> list[OutboundEmail]:
-    """Take up to `size` due messages for `worker`. Each is charged an attempt now, so a
-    message that kills its worker is not tried forever; a release gives the attempt back."""
+    """Take up to `size` due messages for `worker`. No attempt is charged here but right
+    before each send (still_mine), so a worker killed with a batch charges only the message it
+    was sending (which is not tried forever if it is what kills workers)."""
     now = timezone.now()
     with transaction.atomic():
         candidates = due(cutoff or now, now).order_by("next_attempt_at", "id")
@@ -94,7 +95,6 @@ def claim(worker: str, size: int, cutoff: datetime.datetime | None = None) -> li
             status=Status.SENDING,
             claimed_by=worker,
             lease_until=lease_end(),
-            attempts=F("attempts") + 1,
         )
     return list(OutboundEmail.objects.filter(id__in=ids, claimed_by=worker).order_by("id"))
 
@@ -104,9 +104,16 @@ def held_by(worker: str):
 
 
 def still_mine(worker: str, pk: int) -> bool:
-    """Atomically: is the claim on message `pk` still `worker`'s? If so it is renewed, so
-    nobody can take it during the send that follows."""
-    return bool(held_by(worker).filter(pk=pk).update(lease_until=lease_end()))
+    """Right before message `pk` is sent, atomically: is its claim still `worker`'s? If so the
+    claim is renewed, so nobody can take it during the send, and the attempt is charged."""
+    return bool(
+        held_by(worker).filter(pk=pk).update(lease_until=lease_end(), attempts=F("attempts") + 1)
+    )
+
+
+def uncharge(worker: str, pk: int) -> None:
+    """Message `pk` was charged an attempt but not sent to any server (a stop, an outage)."""
+    held_by(worker).filter(pk=pk).update(attempts=Greatest(F("attempts") - 1, 0))
 
 
 def renew_claims(worker: str) -> int:
@@ -115,14 +122,9 @@ def renew_claims(worker: str) -> int:
 
 
 def release_claims(worker: str) -> int:
-    """Give back every message `worker` holds, at once: queued and due, held by nobody, and
-    the attempt its claim charged given back too (no server refused it). Returns how many."""
-    return held_by(worker).update(
-        status=Status.QUEUED,
-        claimed_by="",
-        lease_until=None,
-        attempts=Greatest(F("attempts") - 1, 0),
-    )
+    """Give back every message `worker` holds, at once: queued and due, held by nobody, for
+    another worker to take. Their attempts stay as they were. Returns how many."""
+    return held_by(worker).update(status=Status.QUEUED, claimed_by="", lease_until=None)
 
 
 def put_off(worker: str, email: OutboundEmail, error: BaseException) -> None:
@@ -153,10 +155,11 @@ def breaker() -> Breaker | None:
     return Breaker.objects.filter(pk=1).first()
 
 
-def hold_queue(worker: str, problem: SmtpProblem) -> int:
-    """The server cannot be reached: trip the breaker, give back `worker`'s messages uncharged
-    (those past their retry window fail with the problem), and make the whole queue wait
-    until the breaker's time. Returns how many messages were held back."""
+def hold_queue(worker: str, problem: SmtpProblem, in_flight: int | None = None) -> int:
+    """The server cannot be reached: trip the breaker, give back `worker`'s messages with no
+    attempt charged (the attempt of `in_flight`, whose send met the problem, is given back;
+    those past their retry window fail with the problem), and make the whole queue wait until
+    the breaker's time. Returns how many messages were held back."""
     now = timezone.now()
     reason = str(problem)
     policy = retry_policy()
@@ -198,11 +201,12 @@ def hold_queue(worker: str, problem: SmtpProblem) -> int:
                 )
             )
         DeliveryAttempt.objects.bulk_create(attempts)
+        if in_flight is not None:
+            uncharge(worker, in_flight)
         held_back = held_by(worker).update(
             status=Status.QUEUED,
             claimed_by="",
             lease_until=None,
-            attempts=Greatest(F("attempts") - 1, 0),
             next_attempt_at=state.until,
             last_error=reason,
         )
@@ -231,6 +235,7 @@ class Courier:
     _unrecorded: tuple | None = field(default=None, repr=False)
     _probing: bool = field(default=False, repr=False)  # the breaker had tripped before
     _in_flight: OutboundEmail | None = field(default=None, repr=False)  # being sent
+    _armed: int | None = field(default=None, repr=False)  # checked and charged, not yet sent
 
     def request_stop(self) -> None:
         """Stop soon; safe from another thread or a signal handler. The drain finishes the
@@ -279,7 +284,7 @@ class Courier:
             self._give_back(error)
             raise
         finally:
-            self._in_flight = None
+            self._in_flight = self._armed = None
 
     def _drain(self, batch_size: int, on_claim: Callable[[], None] | None) -> int:
         started = timezone.now()
@@ -296,7 +301,8 @@ class Courier:
             done, problem = self._deliver_batch(batch)
             handled += done
             if problem is not None:  # do not knock on the same closed door for every message
-                return handled + hold_queue(self.worker, problem)
+                in_flight = self._in_flight.pk if self._in_flight is not None else None
+                return handled + hold_queue(self.worker, problem, in_flight)
         if self.stopping:
             self._give_back()
             self.close()
@@ -310,7 +316,7 @@ class Courier:
         except SmtpProblem as problem:  # settings incomplete or password unreadable
             return 0, problem
         renewed = time.monotonic()
-        mine = True  # the claim was just made
+        mine = False  # checked yet? The first of a batch is checked on its own.
         done = 0
         for index, email in enumerate(batch):
             if self.stopping:
@@ -320,11 +326,14 @@ class Courier:
                 renewed = time.monotonic()
             if not mine and not still_mine(self.worker, email.pk):
                 continue  # another worker holds it now: it is theirs to send
+            email.attempts += 1  # as still_mine() charged it
+            self._armed = email.pk
             following = batch[index + 1] if index + 1 < len(batch) else None
             problem, mine = self.deliver(transport, email, check=following)
-            self._in_flight = None
             if problem is not None and concerns_connection(problem):
-                return done, problem
+                return done, problem  # _in_flight stays set: hold_queue gives its attempt back
+            self._in_flight = None
+            self._armed = following.pk if mine else None
             done += 1
             if self._probing and answered(problem):
                 reset_breaker()  # the server answered: the queue flows again
@@ -342,12 +351,16 @@ class Courier:
                 self.record(email, refused=refused)
             elif self._in_flight is not None and isinstance(error, Exception):
                 put_off(self.worker, self._in_flight, error)
+            elif self._in_flight is not None:
+                uncharge(self.worker, self._in_flight.pk)
+            if self._armed is not None:
+                uncharge(self.worker, self._armed)
             return release_claims(self.worker)
         except Exception:  # the lease runs out and another worker takes them
             log.exception("Outbox: could not give back the messages of %s", self.worker)
             return 0
         finally:
-            self._unrecorded = None
+            self._unrecorded = self._armed = self._in_flight = None
 
     def deliver(
         self,
@@ -360,13 +373,14 @@ class Courier:
         the claim on `check`, the message to send next. Returns the problem, if any, and
         whether `check` is still ours. A problem with the connection is not recorded here."""
         recipients = pending_addresses(email.recipients)
+        self._armed = None
+        self._in_flight = email
         try:
             data = email.message_bytes()
         except BodyUnavailable as error:
             # A problem of this message alone: fail it, and the connection serves the rest.
             problem = SmtpProblem("body", str(error), kind="body-unavailable")
             return problem, self.record(email, problem=problem, check=check)
-        self._in_flight = email
         try:
             refused = transport.send(email.envelope_from, recipients, data)
         except SmtpProblem as problem:

@@ -181,7 +181,7 @@ def test_a_graceful_stop_finishes_the_message_in_flight_and_releases_the_rest():
     assert not rest.filter(next_attempt_at__gt=timezone.now())  # due at once, for another worker
 
 
-def test_release_claims_gives_a_workers_messages_back_uncharged():
+def test_release_claims_gives_a_workers_messages_back_at_once():
     from notifications.delivery import release_claims
 
     point_settings_at("smtp.gatewaymgr.test", free_port())
@@ -190,9 +190,11 @@ def test_release_claims_gives_a_workers_messages_back_uncharged():
     other = OutboundEmail.objects.order_by("id").first()
     OutboundEmail.objects.filter(pk=other.pk).update(claimed_by="alive")
     assert release_claims("gone") == 2
-    assert set(
-        OutboundEmail.objects.exclude(pk=other.pk).values_list("status", "claimed_by", "attempts")
-    ) == {(Status.QUEUED, "", 0)}
+    given_back = OutboundEmail.objects.exclude(pk=other.pk)
+    assert set(given_back.values_list("status", "claimed_by", "attempts")) == {
+        (Status.QUEUED, "", 1)
+    }
+    assert not given_back.filter(next_attempt_at__gt=timezone.now())  # due now
     other.refresh_from_db()
     assert (other.status, other.claimed_by) == (Status.SENDING, "alive")
 
