@@ -4,7 +4,9 @@ The database is the source of truth. The loop drains whatever is due, then sleep
 next retry is due or a lease runs out, and never longer than OUTBOX_SWEEP_SECONDS. So while
 one worker lives, no due message waits longer than that for a worker that is free, whatever
 happened to the task queue (jobs lost, Redis flushed, a worker killed at any instant). A
-delivery task is only a doorbell that wakes the loop at once for new mail.
+delivery task is only a doorbell that wakes the loop at once for new mail. A second thread
+renews this process's claims every third of the lease, so a send slower than the lease keeps
+its message, and a dead process's messages are free again one lease after its death.
 
 `manage.py outbox_worker` runs the loop beside the task worker of TASKS_BACKEND (db_worker, or
 an RQ SimpleWorker) and handles the stop signals: the first SIGTERM or SIGINT finishes the
