@@ -106,9 +106,16 @@ def held_by(worker: str):
 def still_mine(worker: str, pk: int) -> bool:
     """Right before message `pk` is sent, atomically: is its claim still `worker`'s? If so the
     claim is renewed, so nobody can take it during the send, and the attempt is charged."""
-    return bool(
-        held_by(worker).filter(pk=pk).update(lease_until=lease_end(), attempts=F("attempts") + 1)
-    )
+    # Once per message, so in plain SQL: building the ORM's UPDATE cost more than running it.
+    table = connection.ops.quote_name(OutboundEmail._meta.db_table)
+    lease = connection.ops.adapt_datetimefield_value(lease_end())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET lease_until = %s, attempts = attempts + 1"
+            " WHERE id = %s AND claimed_by = %s AND status = %s",
+            [lease, pk, worker, Status.SENDING.value],
+        )
+        return cursor.rowcount == 1
 
 
 def uncharge(worker: str, pk: int) -> None:
