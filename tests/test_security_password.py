@@ -16,16 +16,14 @@ from dataclasses import dataclass, field
 
 import pytest
 from django.contrib.sessions.models import Session
-from django.core.mail import EmailMessage
 from django.core.management import call_command
 from freezegun import freeze_time
 
 from smtpsettings import store
-from smtpsettings.backends import StoredSettingsBackend
 from smtpsettings.certificates import parse_pem_bundle
 from smtpsettings.models import PasswordState, SmtpSettings, WrongServerPassword
-from smtpsettings.problems import SmtpProblem
 from smtpsettings.tasks import run_smtp_test
+from tests.settings_page import form_values, run_test, send_with_stored_settings
 from tests.smtpservers import (
     PASSWORD,
     USERNAME,
@@ -44,22 +42,6 @@ def _test_host():
     require_test_host()
 
 
-def values(server, **changes) -> dict[str, str]:
-    return {
-        "sender_email": "gateway@example.com",
-        "sender_name": "",
-        "host": server.host,
-        "port": str(server.port),
-        "encryption": "auto",
-        "username": USERNAME,
-        "password": "",
-        "options": '{"timeout": 5}',
-        "trusted_certificate": "",
-        "test_to": "admin@example.com",
-        **changes,
-    }
-
-
 def save(client, data: dict[str, str]) -> str:
     response = client.post(URL, {**data, "action": "save"}, follow=True)
     assert response.status_code == 200
@@ -67,23 +49,8 @@ def save(client, data: dict[str, str]) -> str:
     return response.content.decode()
 
 
-def run_test(client, data: dict[str, str]) -> str:
-    response = client.post(URL, {**data, "action": "test"})
-    assert response.status_code == 200
-    run = response.context["test_run"]
-    assert run is not None, response.context["form"].errors
-    run_smtp_test.call(run.pk)
-    return client.get(f"/settings/smtp/test/{run.pk}/").content.decode()
-
-
-def send_with_stored_settings() -> SmtpProblem | None:
-    """What every invitation and notification does: send with the saved settings."""
-    message = EmailMessage("Hello", "Body", "gateway@example.com", ["bob@example.com"])
-    try:
-        StoredSettingsBackend().send_messages([message])
-    except SmtpProblem as problem:
-        return problem
-    return None
+def values(server, **changes) -> dict[str, str]:
+    return form_values(server, **{"username": USERNAME, **changes})
 
 
 @dataclass

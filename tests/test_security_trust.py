@@ -4,15 +4,12 @@ looked at, for exactly the server and values that were tested, and nothing it co
 from __future__ import annotations
 
 import pytest
-from django.core.mail import EmailMessage
 
 from smtpsettings import store
-from smtpsettings.backends import StoredSettingsBackend
 from smtpsettings.certificates import parse_pem_bundle
 from smtpsettings.models import PasswordState
-from smtpsettings.problems import SmtpProblem
-from smtpsettings.tasks import run_smtp_test
 from tests.attackers import ca_as_server
+from tests.settings_page import form_values, run_test, send_with_stored_settings
 from tests.smtpservers import (
     PASSWORD,
     USERNAME,
@@ -32,47 +29,14 @@ def _test_host():
     require_test_host()
 
 
-def values(server, **changes) -> dict[str, str]:
-    return {
-        "sender_email": "gateway@example.com",
-        "sender_name": "",
-        "host": server.host,
-        "port": str(server.port),
-        "encryption": "auto",
-        "username": "",
-        "password": "",
-        "options": '{"timeout": 5}',
-        "trusted_certificate": "",
-        "test_to": "admin@example.com",
-        **changes,
-    }
-
-
-def run_test(client, data: dict[str, str]) -> str:
-    response = client.post(URL, {**data, "action": "test"})
-    run = response.context["test_run"]
-    assert run is not None, response.context["form"].errors
-    run_smtp_test.call(run.pk)
-    return client.get(f"/settings/smtp/test/{run.pk}/").content.decode()
-
-
 def sha256(pem: str) -> str:
     return parse_pem_bundle(pem)[0].sha256
-
-
-def send_with_stored_settings() -> SmtpProblem | None:
-    message = EmailMessage("Hello", "Body", "gateway@example.com", ["bob@example.com"])
-    try:
-        StoredSettingsBackend().send_messages([message])
-    except SmtpProblem as problem:
-        return problem
-    return None
 
 
 def test_a_presented_ca_certificate_is_refused_and_vouches_for_nothing(admin_client):
     presented, signed_by_it = ca_as_server()
     with smtp_server(mode="starttls", certs=presented) as server:
-        form = values(server)
+        form = form_values(server)
         admin_client.post(URL, {**form, "action": "save"})
         html = run_test(admin_client, form)
         assert "not signed by an authority this machine trusts" in html
@@ -92,7 +56,7 @@ def test_a_presented_ca_certificate_is_refused_and_vouches_for_nothing(admin_cli
 def test_a_trusted_server_certificate_accepts_that_certificate_only(admin_client):
     trusted, other = self_signed(), self_signed()
     with smtp_server(mode="starttls", certs=trusted) as server:
-        form = values(server)
+        form = form_values(server)
         run_test(admin_client, form)
         admin_client.post(TRUST, {"sha256": sha256(trusted.pem)})
         assert send_with_stored_settings() is None
@@ -105,7 +69,7 @@ def test_a_trusted_server_certificate_accepts_that_certificate_only(admin_client
 def test_a_pasted_ca_stays_possible_with_a_warning(admin_client):
     certs = certificates()
     with smtp_server(mode="starttls", certs=certs) as server:
-        form = values(server, trusted_certificate=certs.ca_pem)
+        form = form_values(server, trusted_certificate=certs.ca_pem)
         page = admin_client.post(URL, {**form, "action": "save"}, follow=True).content.decode()
         assert send_with_stored_settings() is None
     assert "vouches for every name it signs" in page
@@ -118,10 +82,10 @@ def test_trusting_saves_the_tested_values_together_with_the_certificate(admin_cl
         smtp_server(mode="starttls", certs=genuine, auth=True) as real,
         smtp_server(mode="starttls", certs=fake, auth=True) as attacker,
     ):
-        saved = values(real, username=USERNAME, trusted_certificate=genuine.ca_pem)
+        saved = form_values(real, username=USERNAME, trusted_certificate=genuine.ca_pem)
         admin_client.post(URL, {**saved, "password": PASSWORD, "action": "save"})
         # An unsaved test against another port, with an unsaved sender name, no password typed.
-        tested = values(attacker, username=USERNAME, sender_name="Gateway Ops")
+        tested = form_values(attacker, username=USERNAME, sender_name="Gateway Ops")
         run_test(admin_client, tested)
         confirm = admin_client.get(TRUST).content.decode()
         page = admin_client.post(TRUST, {"sha256": sha256(fake.pem)}, follow=True).content.decode()
@@ -140,7 +104,7 @@ def test_trusting_saves_the_tested_values_together_with_the_certificate(admin_cl
 def test_trusting_after_a_test_with_a_typed_password_keeps_that_password(admin_client):
     certs = self_signed()
     with smtp_server(mode="starttls", certs=certs, auth=True) as server:
-        tested = values(server, username=USERNAME, sender_name="Gateway Ops")
+        tested = form_values(server, username=USERNAME, sender_name="Gateway Ops")
         run_test(admin_client, {**tested, "password": PASSWORD})
         admin_client.post(TRUST, {"sha256": sha256(certs.pem)})
         record = store.load()
