@@ -18,7 +18,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.components import binary, missing
-from tests.postfix_server import log_tail
+from tests.postfix_server import log_tail, stop_process_group
 
 USERNAME, PASSWORD = "alice", "correct horse battery staple"
 STARTUP_TIMEOUT = 20.0
@@ -87,18 +86,6 @@ service auth {{
   }}
 }}
 """
-
-
-def stop(daemon: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the master's process group: it and the auth, log and config processes."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(daemon.pid, signal.SIGTERM)
-    try:
-        daemon.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(daemon.pid, signal.SIGKILL)
-        daemon.wait()
 
 
 @contextlib.contextmanager
@@ -161,6 +148,6 @@ def running_dovecot_sasl(
                 time.sleep(0.05)
             yield instance
         finally:
-            stop(daemon)
+            stop_process_group(daemon, STOP_TIMEOUT)
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -26,7 +26,6 @@ import ipaddress
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -35,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.components import missing
-from tests.postfix_server import accepts, log_tail
+from tests.postfix_server import accepts, log_tail, stop_process_group, wait_for_lines
 from tests.selfsigned import self_signed_certificate
 
 SUBMISSION_PORT, SMTPS_PORT, PLAIN_PORT = 587, 465, 25
@@ -95,16 +94,8 @@ class EximInstance:
 
     def wait_lines(self, text: str, count: int, timeout: float = 10) -> list[str]:
         """The log lines containing `text`, once there are `count` of them (Exim writes some
-        only after its reply, so a client can be ahead of the log)."""
-        deadline = time.monotonic() + timeout
-        while len(found := self.lines(text)) < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{len(found)} of {count} lines with {text!r} after {timeout:g} s; "
-                    f"log ends:\n{log_tail(self.mainlog)}"
-                )
-            time.sleep(0.05)
-        return found
+        only after its reply)."""
+        return wait_for_lines(self.lines, text, count, self.mainlog, timeout)
 
     def failed_logins(self) -> list[str]:
         """The main log's lines for AUTH attempts the authenticators refused."""
@@ -255,18 +246,6 @@ def wait_listening(instance: EximInstance, daemon: subprocess.Popen[bytes], outp
         )
 
 
-def stop(daemon: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the daemon's process group: the daemon and any delivery it started."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(daemon.pid, signal.SIGTERM)
-    try:
-        daemon.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(daemon.pid, signal.SIGKILL)
-        daemon.wait()
-
-
 @contextlib.contextmanager
 def running_exim(
     *,
@@ -339,6 +318,6 @@ def running_exim(
             wait_listening(instance, daemon, output)
             yield instance
         finally:
-            stop(daemon)
+            stop_process_group(daemon, STOP_TIMEOUT)
     finally:
         shutil.rmtree(root, ignore_errors=True)

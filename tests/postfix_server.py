@@ -21,7 +21,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,17 +77,9 @@ class PostfixInstance:
         return [line for line in log.splitlines() if text in line]
 
     def wait_lines(self, text: str, count: int, timeout: float = 10) -> list[str]:
-        """The log lines containing `text`, once there are `count` of them: postlogd writes
-        asynchronously, so a client can be ahead of the log."""
-        deadline = time.monotonic() + timeout
-        while len(found := self.lines(text)) < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{len(found)} of {count} lines with {text!r} after {timeout:g} s; "
-                    f"log ends:\n{log_tail(self.log_path)}"
-                )
-            time.sleep(0.05)
-        return found
+        """The log lines containing `text`, once there are `count` of them (postlogd writes
+        asynchronously)."""
+        return wait_for_lines(self.lines, text, count, self.log_path, timeout)
 
     def sasl_logins(self) -> list[str]:
         """smtpd's line for each message of a signed-in client: "client=..., sasl_method=PLAIN,
@@ -221,6 +213,35 @@ anvil      unix - - n - 1 anvil
 scache     unix - - n - 1 scache
 postlog    unix-dgram n - n - 1 postlogd
 """
+
+
+def wait_for_lines(
+    find: Callable[[str], list[str]], text: str, count: int, log: Path, timeout: float = 10
+) -> list[str]:
+    """`find(text)` once it returns `count` lines: an MTA may log after its reply, so a client
+    can be ahead of the log."""
+    deadline = time.monotonic() + timeout
+    while len(found := find(text)) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"{len(found)} of {count} lines with {text!r} after {timeout:g} s; "
+                f"log ends:\n{log_tail(log)}"
+            )
+        time.sleep(0.05)
+    return found
+
+
+def stop_process_group(daemon: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM to a daemon's process group (the daemon and whatever it started), SIGKILL if
+    it does not go within `timeout`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(daemon.pid, signal.SIGTERM)
+    try:
+        daemon.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(daemon.pid, signal.SIGKILL)
+        daemon.wait()
 
 
 def log_tail(path: Path, lines: int = 30) -> str:

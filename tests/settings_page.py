@@ -35,6 +35,7 @@ def run_test(client, data: dict[str, str]) -> str:
     assert response.status_code == 200
     run = response.context["test_run"]
     assert run is not None, response.context["form"].errors
+    assert f'src="/settings/smtp/test/{run.pk}/"' in response.content.decode()
     run_smtp_test.call(run.pk)
     return client.get(f"/settings/smtp/test/{run.pk}/").content.decode()
 

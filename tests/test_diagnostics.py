@@ -9,6 +9,7 @@ from django.core.management import CommandError, call_command
 from smtpsettings import store
 from smtpsettings.models import SmtpTestRun
 from smtpsettings.tasks import run_smtp_test
+from tests.settings_page import run_test
 from tests.smtpservers import PASSWORD, USERNAME, certificates, require_test_host, smtp_server
 
 URL = "/settings/smtp/"
@@ -18,17 +19,6 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def _test_host():
     require_test_host()
-
-
-def run_test(client, data) -> str:
-    """Press "Send test e-mail", let a worker run the test, and read the result frame."""
-    response = client.post(URL, data)
-    assert response.status_code == 200
-    run = response.context["test_run"]
-    assert run is not None, response.context["form"].errors
-    assert f'src="/settings/smtp/test/{run.pk}/"' in response.content.decode()
-    run_smtp_test.call(run.pk)
-    return client.get(f"/settings/smtp/test/{run.pk}/").content.decode()
 
 
 def form(server, **changes):
