@@ -41,6 +41,7 @@ from smtpsettings.backends import transport_for
 from smtpsettings.problems import SmtpProblem
 from smtpsettings.transport import SmtpTransport
 
+from . import deliverystats
 from .models import BodyUnavailable, Breaker, DeliveryAttempt, OutboundEmail, Status
 from .policy import (
     RetryPolicy,
@@ -436,6 +437,7 @@ class Courier:
             # Only the claim holder writes: a worker whose lease ran out lost the message.
             if held_by(self.worker).filter(pk=email.pk).update(**changes):
                 self.counts[outcome] += 1
+                deliverystats.recorded(email, outcome, problem, now)
                 DeliveryAttempt.objects.create(
                     email=email,
                     at=now,

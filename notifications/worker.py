@@ -202,6 +202,12 @@ class DeliveryLoop:
             tidy_task_records()
         except Exception as error:  # e.g. Redis away: the next round tries again
             log.warning("Task records: tidying failed: %s", error)
+        from .retention import apply_if_due
+
+        try:
+            apply_if_due()
+        except Exception:  # retention must never hold up delivery
+            log.exception("Retention: applying the retention policy failed")
 
 
 def running_loop() -> DeliveryLoop | None:
