@@ -14,7 +14,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
-from django.template.loader import render_to_string, select_template
+from django.template.loader import get_template, select_template
 from django.urls import reverse
 
 from .events import CATALOG, EventType
@@ -68,28 +68,53 @@ def _text(value: Any) -> str:
 
 
 def compose(event: Event, integration: Integration) -> EmailMultiAlternatives:
-    spec = CATALOG[event.type]
-    context = {
-        "event": event,
-        "spec": spec,
-        "payload": event.payload,
-        "details": details(spec, event.payload),
-        "integration": integration,
-        "event_url": settings.PUBLIC_URL + reverse("events:detail", args=[event.pk]),
-        "integration_url": settings.PUBLIC_URL
-        + reverse("integrations:edit", args=[integration.pk]),
-    }
-    text = render_to_string(_template(event.type, "txt"), context)
-    html = render_to_string(_template(event.type, "html"), context)
-    message = EmailMultiAlternatives(
-        subject=subject_line(integration.subject_prefix, event_subject(spec, event.payload)),
-        body=text,
-        from_email="",  # the outbox puts the stored sender here
-        bcc=list(integration.recipients),
-        headers={"To": UNDISCLOSED, "Auto-Submitted": "auto-generated"},
-    )
-    message.attach_alternative(html, "text/html")
-    return message
+    return Composer(event.type).compose(event, integration)
+
+
+class Composer:
+    """Composes the notification e-mails of events of one type: the templates are looked up
+    once, not per message."""
+
+    def __init__(self, event_type: str) -> None:
+        self.spec = CATALOG[event_type]
+        self.text = get_template(_template(event_type, "txt"))
+        self.html = get_template(_template(event_type, "html"))
+
+    def context(self, event: Event, integration: Integration) -> dict[str, Any]:
+        return {
+            "event": event,
+            "spec": self.spec,
+            "payload": event.payload,
+            "details": details(self.spec, event.payload),
+            "integration": integration,
+            "event_url": settings.PUBLIC_URL + reverse("events:detail", args=[event.pk]),
+            "integration_url": settings.PUBLIC_URL
+            + reverse("integrations:edit", args=[integration.pk]),
+        }
+
+    def compose(self, event: Event, integration: Integration) -> EmailMultiAlternatives:
+        context = self.context(event, integration)
+        return self.message(
+            event, integration, self.text.render(context), self.html.render(context)
+        )
+
+    def compose_many(self, pairs: list[tuple[Event, Integration]]) -> list[EmailMultiAlternatives]:
+        return [self.compose(event, integration) for event, integration in pairs]
+
+    def message(
+        self, event: Event, integration: Integration, text: str, html: str
+    ) -> EmailMultiAlternatives:
+        message = EmailMultiAlternatives(
+            subject=subject_line(
+                integration.subject_prefix, event_subject(self.spec, event.payload)
+            ),
+            body=text,
+            from_email="",  # the outbox puts the stored sender here
+            bcc=list(integration.recipients),
+            headers={"To": UNDISCLOSED, "Auto-Submitted": "auto-generated"},
+        )
+        message.attach_alternative(html, "text/html")
+        return message
 
 
 def _template(event_type: str, extension: str) -> str:
