@@ -165,6 +165,4 @@ def test_the_messages_arrive(integrations):
         assert sorted(tuple(m.rcpt_tos) for m in server.messages) == sorted(
             [("all@example.com",)] * 3 + [("a@example.com", "b@example.com")] * 3
         )
-    assert set(OutboundEmail.objects.values_list("category", flat=True)) == {
-        Category.NOTIFICATION
-    }
+    assert set(OutboundEmail.objects.values_list("category", flat=True)) == {Category.NOTIFICATION}
