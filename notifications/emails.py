@@ -8,14 +8,26 @@ sends it as one SMTP transaction (one MAIL, a RCPT each, one DATA), not one per 
 
 from __future__ import annotations
 
+import copy
 import re
 import string
 from typing import Any
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
+from django.template import Engine
+from django.template.base import FilterExpression, Node, Template, TextNode, Variable, VariableNode
+from django.template.defaulttags import (
+    AutoEscapeControlNode,
+    CommentNode,
+    ForNode,
+    IfNode,
+    TemplateLiteral,
+)
 from django.template.loader import get_template, select_template
+from django.template.loader_tags import BlockNode, ExtendsNode
 from django.urls import reverse
+from django.utils.html import escape
 
 from .events import CATALOG, EventType
 from .models import Event, Integration
@@ -72,22 +84,28 @@ def compose(event: Event, integration: Integration) -> EmailMultiAlternatives:
 
 
 class Composer:
-    """Composes the notification e-mails of events of one type: the templates are looked up
-    once, not per message."""
+    """Composes the notification e-mails of events of one type. The templates are looked up
+    once; for many events, compose_many() renders them once per group of events that only
+    differ in their text values (see Skeleton), not twice per message."""
 
     def __init__(self, event_type: str) -> None:
         self.spec = CATALOG[event_type]
         self.text = get_template(_template(event_type, "txt"))
         self.html = get_template(_template(event_type, "html"))
+        self.plain = prints_values_plainly(self.text.template) and prints_values_plainly(
+            self.html.template
+        )
 
-    def context(self, event: Event, integration: Integration) -> dict[str, Any]:
+    def context(
+        self, event: Event, integration: Integration, url: str | None = None
+    ) -> dict[str, Any]:
         return {
             "event": event,
             "spec": self.spec,
             "payload": event.payload,
             "details": details(self.spec, event.payload),
             "integration": integration,
-            "event_url": settings.PUBLIC_URL + reverse("events:detail", args=[event.pk]),
+            "event_url": event_url(event.pk) if url is None else url,
             "integration_url": settings.PUBLIC_URL
             + reverse("integrations:edit", args=[integration.pk]),
         }
@@ -99,7 +117,27 @@ class Composer:
         )
 
     def compose_many(self, pairs: list[tuple[Event, Integration]]) -> list[EmailMultiAlternatives]:
-        return [self.compose(event, integration) for event, integration in pairs]
+        """compose() for each (event, integration), in order, with the same results."""
+        if not self.plain:
+            return [self.compose(event, integration) for event, integration in pairs]
+        groups: dict[tuple, list[int]] = {}
+        for index, (event, integration) in enumerate(pairs):
+            groups.setdefault(shape(event, integration), []).append(index)
+        messages: list[EmailMultiAlternatives | None] = [None] * len(pairs)
+        for indexes in groups.values():
+            event, integration = pairs[indexes[0]]
+            first = messages[indexes[0]] = self.compose(event, integration)
+            skeleton = Skeleton(self, event, integration)
+            # Proof by example on top of the template check: the group's first message must
+            # come out of the skeleton exactly as rendered, or the group is rendered one by one.
+            same = skeleton.fill(event) == (first.body, first.alternatives[0].content)
+            for index in indexes[1:]:
+                event, integration = pairs[index]
+                if same:
+                    messages[index] = self.message(event, integration, *skeleton.fill(event))
+                else:
+                    messages[index] = self.compose(event, integration)
+        return messages  # type: ignore[return-value]  # every index was filled
 
     def message(
         self, event: Event, integration: Integration, text: str, html: str
@@ -115,6 +153,126 @@ class Composer:
         )
         message.attach_alternative(html, "text/html")
         return message
+
+
+def event_url(pk: Any) -> str:
+    return settings.PUBLIC_URL + reverse("events:detail", args=[pk])
+
+
+# --- Rendering once per group of events ---
+#
+# Events of one type whose payloads have the same fields, the same non-text values and text
+# values that are all non-empty, sent to the same integration at the same moment, differ in
+# their messages only where a text value, the event's id or its link is printed, as long as
+# the templates print those plainly (prints_values_plainly). So their messages are rendered
+# once with a numbered slot in place of each such value, and filled in per event.
+
+# A slot: private-use characters that no escaping touches around its number, and an "&" that
+# shows whether the place it was printed at escapes HTML ("&amp;") or not ("&").
+_SLOT = re.compile("\ue000(\\d+)(&amp;|&)\ue001")
+_CONSTANT_ROOTS = {"spec", "integration", "integration_url"}  # the same within a group
+_CONSTANT_EVENT_FIELDS = {"created_at", "type", "source", "actor"}  # part of shape()
+_PLAIN_NODES = (
+    TextNode,
+    VariableNode,
+    IfNode,
+    ForNode,
+    BlockNode,
+    ExtendsNode,
+    AutoEscapeControlNode,
+    CommentNode,
+)
+
+
+def _slot(number: int) -> str:
+    return f"\ue000{number}&\ue001"
+
+
+def shape(event: Event, integration: Integration) -> tuple:
+    """What must be equal for two events' messages to share a skeleton."""
+    fields = tuple(
+        (key, "text" if isinstance(value, str) and value else repr(value))
+        for key, value in event.payload.items()
+    )
+    moment = (event.created_at, event.type, event.source, event.actor)
+    return (integration.pk, moment, fields)
+
+
+class Skeleton:
+    """The text and HTML of one group's messages, with slots for what differs per event."""
+
+    def __init__(self, composer: Composer, event: Event, integration: Integration) -> None:
+        self.keys = [k for k, v in event.payload.items() if isinstance(v, str) and v]
+        stand_in = copy.copy(event)
+        stand_in.pk = _slot(0)
+        stand_in.payload = {
+            **event.payload,
+            **{key: _slot(n) for n, key in enumerate(self.keys, start=2)},
+        }
+        context = composer.context(stand_in, integration, url=_slot(1))
+        self.text = composer.text.render(context)
+        self.html = composer.html.render(context)
+
+    def fill(self, event: Event) -> tuple[str, str]:
+        values = [str(event.pk), event_url(event.pk), *(event.payload[k] for k in self.keys)]
+
+        def value(match: re.Match[str]) -> str:
+            text = values[int(match.group(1))]
+            return escape(text) if match.group(2) == "&amp;" else text
+
+        return _SLOT.sub(value, self.text), _SLOT.sub(value, self.html)
+
+
+def prints_values_plainly(template: Template) -> bool:
+    """Whether `template` (and what it extends) uses only text, blocks, autoescape, comments,
+    {{ value }}, {% if value %} and {% for ... in value %}, with filters only on values that
+    are the same for a whole group: then its output is a skeleton with the group's values
+    dropped in. Anything else (a filter or a comparison on a payload value, another tag)
+    renders one message at a time."""
+    return all(_plain_node(node, template.engine) for node in template.nodelist)
+
+
+def _plain_node(node: Node, engine: Engine) -> bool:
+    if not isinstance(node, _PLAIN_NODES):
+        return False
+    if isinstance(node, VariableNode):
+        return _plain_value(node.filter_expression)
+    if isinstance(node, IfNode):
+        return all(
+            (condition is None or _plain_condition(condition))
+            and all(_plain_node(n, engine) for n in nodelist)
+            for condition, nodelist in node.conditions_nodelists
+        )
+    if isinstance(node, ForNode) and not _plain_value(node.sequence):
+        return False
+    if isinstance(node, ExtendsNode):
+        parent = node.parent_name
+        if parent.filters or not isinstance(parent.var, str):
+            return False
+        if not prints_values_plainly(engine.get_template(parent.var)):
+            return False
+    return all(
+        _plain_node(child, engine)
+        for attribute in node.child_nodelists
+        for child in getattr(node, attribute, None) or []
+    )
+
+
+def _plain_condition(condition: Any) -> bool:
+    return isinstance(condition, TemplateLiteral) and _plain_value(condition.value)
+
+
+def _plain_value(expression: FilterExpression) -> bool:
+    """A value printed or tested as it is, or a value that is the same for the whole group."""
+    if not expression.filters:
+        return True
+    var = expression.var
+    if not isinstance(var, Variable) or var.literal is not None:
+        return True  # a literal
+    lookups = var.lookups or ()
+    if lookups[:1] and lookups[0] in _CONSTANT_ROOTS:
+        return True
+    return lookups[:1] == ("event",) and lookups[1:2] and lookups[1] in _CONSTANT_EVENT_FIELDS
 
 
 def _template(event_type: str, extension: str) -> str:
