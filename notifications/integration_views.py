@@ -6,7 +6,6 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -16,7 +15,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from gatewaymgr.confirm import confirm_page
 
-from . import tokens
+from . import keyset, tokens
 from .events import CATALOG, labels
 from .forms import IntegrationForm, TokenForm
 from .models import ApiToken, Dispatch, Event, EventSource, Integration, Status
@@ -253,8 +252,8 @@ def event_list(request: HttpRequest) -> HttpResponse:
         events = events.filter(type=event_type)
     if source in EventSource.values:
         events = events.filter(source=source)
-    page = Paginator(events.prefetch_related("dispatches__email"), 50).get_page(
-        request.GET.get("page")
+    page = keyset.page(
+        events.prefetch_related("dispatches__email"), request.GET, keep=("type", "source")
     )
     return render(
         request,

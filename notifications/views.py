@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
-from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import filesizeformat
@@ -11,7 +10,7 @@ from django.views.decorators.http import require_http_methods
 
 from gatewaymgr.confirm import confirm_page
 
-from . import outbox
+from . import keyset, outbox
 from .models import BodyUnavailable, Category, OutboundEmail, Status
 
 VIEW = "notifications.view_outboundemail"
@@ -29,7 +28,7 @@ def outbox_page(request: HttpRequest) -> HttpResponse:
         category if category in Category.values else "",
         query,
     )
-    page = Paginator(emails, 50).get_page(request.GET.get("page"))
+    page = keyset.page(emails, request.GET, keep=("status", "category", "q"))
     return render(
         request,
         "notifications/outbox.html",
