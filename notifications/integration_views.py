@@ -6,6 +6,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
+from django.db.models import Prefetch
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -252,8 +253,14 @@ def event_list(request: HttpRequest) -> HttpResponse:
         events = events.filter(type=event_type)
     if source in EventSource.values:
         events = events.filter(source=source)
+    # Of each dispatch only what the list shows: the integration's name and the e-mail's status.
+    dispatches = Dispatch.objects.select_related("email").only(
+        "event_id", "integration_name", "email__status"
+    )
     page = keyset.page(
-        events.prefetch_related("dispatches__email"), request.GET, keep=("type", "source")
+        events.prefetch_related(Prefetch("dispatches", queryset=dispatches)),
+        request.GET,
+        keep=("type", "source"),
     )
     return render(
         request,
