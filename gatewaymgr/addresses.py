@@ -21,8 +21,7 @@ from django.contrib.auth.base_user import BaseUserManager
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 
-MAX_ADDRESSES = 1000  # invited per submission; the rest are reported and left in the box
-MAX_ENTRIES = 10_000  # entries read per submission
+MAX_ENTRIES = 10_000  # entries read, and so addresses invited, per submission
 MAX_NAME_CHARS = 150
 MAX_ADDRESS_CHARS = 254
 # A name, an address, quotes, brackets and some spaces: anything longer is not one person.
@@ -142,13 +141,5 @@ def parse_entries(entries: Iterable[tuple[str, str]]) -> tuple[list[Invitee], li
         except ValidationError as error:
             problems.append(Problem(where, entry, error.messages[0]))
             continue
-        key = invitee.email.lower()
-        if key not in invitees and len(invitees) >= MAX_ADDRESSES:
-            problems.append(
-                Problem(
-                    where, entry, f"at most {MAX_ADDRESSES:,} addresses can be invited at once."
-                )
-            )
-            continue
-        invitees.setdefault(key, invitee)
+        invitees.setdefault(invitee.email.lower(), invitee)
     return list(invitees.values()), problems

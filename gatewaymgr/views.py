@@ -10,7 +10,7 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
+from django.core.paginator import Page, Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -21,7 +21,7 @@ from django.views.decorators.http import require_http_methods
 from smtpsettings import store
 
 from . import invitations
-from .addresses import first_problems
+from .addresses import Invitee, first_problems
 from .confirm import confirm_page
 from .forms import AcceptInvitationForm, InviteForm
 from .models import Invitation, InvitationStatus
@@ -47,6 +47,9 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(request, "console/home.html")
 
 
+USERS_PER_PAGE = 50
+
+
 @login_required
 @permission_required(VIEW_INVITATIONS, raise_exception=True)
 @require_http_methods(["GET", "POST"])
@@ -58,31 +61,27 @@ def users_page(request: HttpRequest) -> HttpResponse:
             raise PermissionDenied
         form = InviteForm(request.user, request.POST)
         if form.is_valid():
-            report = invitations.invite(
-                form.invitees,
-                groups=form.cleaned_data["groups"],
-                valid_days=form.cleaned_data["valid_days"],
-                inviter=request.user,
-            )
-            _report_invite(request, report)
-            problems = [str(p) for p in form.problems] + [text for _, text in report.refused]
+            refused = _invite(request, form)
+            problems = [str(p) for p in form.problems] + [text for _, text in refused]
             if not problems:
                 return redirect("users")
             # Leave only what still needs attention in the box, each with its reason.
             rest = [p.entry for p in form.problems] + [
-                f"{i.name} <{i.email}>" if i.name else i.email for i, _ in report.refused
+                f"{i.name} <{i.email}>" if i.name else i.email for i, _ in refused
             ]
             form = InviteForm(
                 request.user, initial={**form.cleaned_data, "addresses": "\n".join(rest)}
             )
             form.address_problems = first_problems(problems)
+    else:
+        invitations.resume_stalled_batches()  # a batch whose worker died goes on
     status = request.GET.get("status", "")
-    listed = invitations.with_status(status if status in InvitationStatus.values else "")
-    page = Paginator(listed, 50).get_page(request.GET.get("page"))
-    delivery = invitations.delivery_of(page.object_list)
+    status = status if status in InvitationStatus.values else ""
+    page = invitations.invitation_page(status, request.GET.get("older", ""))
+    delivery = invitations.delivery_of(page.rows)
     for invitation in page:
         invitation.delivery = delivery.get(invitation.pk)
-    User = get_user_model()
+    counts = invitations.counts_by_status()
     return render(
         request,
         "invitations/users.html",
@@ -93,14 +92,46 @@ def users_page(request: HttpRequest) -> HttpResponse:
             "can_see_outbox": request.user.has_perm("notifications.view_outboundemail"),
             "page": page,
             "status": status,
-            "counts": invitations.counts_by_status(),
-            "Status": InvitationStatus,
+            "statuses": [
+                (value, label, _count_text(counts[value]))
+                for value, label in InvitationStatus.choices
+            ],
+            "batches": invitations.recent_batches(),
             "smtp_ready": bool(store.load().host),
-            "users": User.objects.order_by("username").prefetch_related("groups")
-            if request.user.has_perm("auth.view_user")
-            else None,
+            "users": _users_page(request) if request.user.has_perm("auth.view_user") else None,
         },
     )
+
+
+def _invite(request: HttpRequest, form: InviteForm) -> list[tuple[Invitee, str]]:
+    """Invite what the form holds: within the request up to INLINE_MAX addresses, else saved
+    for a worker. The addresses refused at once, with their reasons."""
+    options = {
+        "groups": form.cleaned_data["groups"],
+        "valid_days": form.cleaned_data["valid_days"],
+        "inviter": request.user,
+    }
+    if len(form.invitees) > invitations.INLINE_MAX:
+        batch = invitations.submit(form.invitees, **options)
+        messages.success(
+            request,
+            f"Inviting {batch.total:,} addresses in the background: the progress shows under "
+            "Invitations, and the e-mails go to the outbox as they are invited.",
+        )
+        return []
+    report = invitations.invite(form.invitees, **options)
+    _report_invite(request, report)
+    return report.refused
+
+
+def _count_text(count: int) -> str:
+    return f"{invitations.COUNT_CAP:,}+" if count > invitations.COUNT_CAP else f"{count:,}"
+
+
+def _users_page(request: HttpRequest) -> Page:
+    User = get_user_model()
+    users = User.objects.order_by(User.USERNAME_FIELD, "pk").prefetch_related("groups")
+    return Paginator(users, USERS_PER_PAGE).get_page(request.GET.get("users_page"))
 
 
 def _report_invite(request: HttpRequest, report: invitations.InviteReport) -> None:
@@ -120,7 +151,7 @@ def _report_invite(request: HttpRequest, report: invitations.InviteReport) -> No
 def _listed(rows: list[Invitation], shown: int = 10) -> str:
     """ "3: a@x, b@x, c@x", the addresses cut after `shown`."""
     more = " …" if len(rows) > shown else ""
-    return f"{len(rows)}: {', '.join(i.email for i in rows[:shown])}{more}"
+    return f"{len(rows):,}: {', '.join(i.email for i in rows[:shown])}{more}"
 
 
 @login_required
