@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "gatewaymgr",
     "smtpsettings",
     "notifications",
+    "health",  # workers' heartbeats, the banner, the probes and /metrics
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -137,6 +138,24 @@ API_RATE_LIMIT = env.str("API_RATE_LIMIT", default="120/minute")  # per token; s
 OAUTH_MICROSOFT_AUTHORITY = env.str(
     "OAUTH_MICROSOFT_AUTHORITY", default="https://login.microsoftonline.com"
 )
+
+# Delivery health (health/): each worker's heartbeat, the console's banner and status page,
+# GET /healthz, /readyz and /metrics (README, "Delivery health"). A worker not seen for
+# HEALTH_WORKER_TIMEOUT_SECONDS is gone; mail due longer than HEALTH_QUEUE_DELAY_SECONDS, or
+# the last HEALTH_FAILED_ATTEMPTS attempts failing, put a banner on every page too.
+HEALTH_HEARTBEAT_SECONDS = env.float("HEALTH_HEARTBEAT_SECONDS", default=5)
+HEALTH_WORKER_TIMEOUT_SECONDS = env.float(
+    "HEALTH_WORKER_TIMEOUT_SECONDS", default=3 * HEALTH_HEARTBEAT_SECONDS
+)
+HEALTH_QUEUE_DELAY_SECONDS = env.float("HEALTH_QUEUE_DELAY_SECONDS", default=300)
+HEALTH_FAILED_ATTEMPTS = env.int("HEALTH_FAILED_ATTEMPTS", default=5)
+HEALTH_CACHE_SECONDS = env.float("HEALTH_CACHE_SECONDS", default=5)  # the banner, per process
+# /metrics: with a token, only "Authorization: Bearer <token>"; without one, loopback clients.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# The probes and /metrics answer before the Host check and sign-in (a load balancer or
+# Kubernetes asks by the pod's address), and the banner is on every console page.
+MIDDLEWARE.insert(0, "health.middleware.ProbeMiddleware")
+TEMPLATES[0]["OPTIONS"]["context_processors"].append("health.context_processors.delivery_health")
 
 # Tasks: the database backend and its worker (manage.py db_worker) by default; past one
 # machine, TASKS_BACKEND=rq with REDIS_URL and RQ workers (manage.py rqworker) anywhere.

@@ -2,10 +2,17 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from health import views as health
+
 from . import views
 
 urlpatterns = [
-    path("", views.home, name="home"),
+    path("", health.home, name="home"),  # a status page: is mail going out?
+    # Probes and metrics: answered by health.middleware.ProbeMiddleware before the Host check
+    # and sign-in; listed here for reverse() and for a stack without that middleware.
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", health.metrics, name="metrics"),
     path("favicon.ico", views.favicon, name="favicon"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

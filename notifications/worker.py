@@ -6,7 +6,8 @@ one worker lives, no due message waits longer than that for a worker that is fre
 happened to the task queue (jobs lost, Redis flushed, a worker killed at any instant). A
 delivery task is only a doorbell that wakes the loop at once for new mail. A second thread
 renews this process's claims every third of the lease, so a send slower than the lease keeps
-its message, and a dead process's messages are free again one lease after its death.
+its message, and a dead process's messages are free again one lease after its death. The
+same thread records the worker's heartbeat (health/), which the console and /readyz read.
 
 `manage.py outbox_worker` runs the loop beside the task worker of TASKS_BACKEND (db_worker, or
 an RQ SimpleWorker) and handles the stop signals: the first SIGTERM or SIGINT finishes the
@@ -22,6 +23,7 @@ import signal
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import close_old_connections, connection
@@ -30,6 +32,9 @@ from django.utils import timezone
 
 from .delivery import WORKER_ID, Courier, breaker, release_claims, renew_claims
 from .models import OutboundEmail, Status
+
+if TYPE_CHECKING:
+    from health.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +130,9 @@ class DeliveryLoop:
         self.heartbeat = threading.Thread(target=self.renew, name="outbox-lease", daemon=True)
         self.next_housekeeping = 0.0
         self.stopped_at: float | None = None  # monotonic time of the first stop request
+        self.activity = "starting"  # what the heartbeat says this worker is doing
+        self.finished = threading.Event()  # finish() wrote the last heartbeat: no more
+        self._pulse: Heartbeat | None = None
 
     def start(self) -> None:
         global _loop
@@ -156,7 +164,9 @@ class DeliveryLoop:
                 try:
                     close_old_connections()
                     self.doorbell.clear()
+                    self.activity = "delivering"
                     handled = sweep()
+                    self.activity = "idle"
                     if self.stopping.is_set():
                         break
                     self.housekeeping()
@@ -175,21 +185,45 @@ class DeliveryLoop:
         """While this process lives, its claims live: renewed every third of the lease, apart
         from sending, so one send may take longer than the lease without another worker
         taking its message. The lease can then be short, and a dead worker's mail goes out
-        again soon after its death."""
+        again soon after its death. The same thread beats this worker's heartbeat every
+        HEALTH_HEARTBEAT_SECONDS, so a slow send never makes a live worker look dead."""
         every = settings.OUTBOX_LEASE_SECONDS / 3
+        tick = min(every, settings.HEALTH_HEARTBEAT_SECONDS)
+        next_renewal = time.monotonic() + every
         try:
+            self.beat()  # at once: the console sees this worker from its first second
             while True:
-                if self.stopping.wait(every):  # hold on while the message in flight finishes
-                    self.thread.join(every)
+                if self.stopping.wait(tick):  # hold on while the message in flight finishes
+                    self.thread.join(tick)
                     if not self.thread.is_alive():
                         return
-                try:
-                    close_old_connections()
-                    renew_claims(courier().worker)
-                except Exception as error:  # the database is away: the lease may run out
-                    log.warning("Outbox: could not renew this worker's claims: %s", error)
+                close_old_connections()
+                if time.monotonic() >= next_renewal:
+                    next_renewal = time.monotonic() + every
+                    try:
+                        renew_claims(courier().worker)
+                    except Exception as error:  # the database is away: the lease may run out
+                        log.warning("Outbox: could not renew this worker's claims: %s", error)
+                self.beat()
         finally:
             connection.close()
+
+    def beat(self, *, stopped: bool = False) -> None:
+        """Record this worker's heartbeat, and flush what its deliveries came to (counted in
+        memory by deliverystats) for the console and /metrics. Never stops delivery."""
+        from health.heartbeat import Heartbeat
+
+        if self.finished.is_set():
+            return  # finish() wrote the last one; a later beat would look alive again
+        if self._pulse is None:
+            self._pulse = Heartbeat(courier().worker)
+        doing = "stopping" if self.stopping.is_set() and not stopped else self.activity
+        try:
+            self._pulse.beat("stopped" if stopped else doing, courier().counts, stopped=stopped)
+        except Exception as error:  # the database is away: the next beat tries again
+            log.warning("Outbox: could not record this worker's heartbeat: %s", error)
+        if stopped:
+            self.finished.set()
 
     def housekeeping(self) -> None:
         """Tidy the task records now and then; a failure there never holds up delivery."""
@@ -244,6 +278,7 @@ def finish(loop: DeliveryLoop) -> None:
     released = release_claims(courier().worker)
     if released:
         log.info("Outbox: released %d message(s) on stop", released)
+    loop.beat(stopped=True)  # the console shows it stopped, not gone
 
 
 def local_process_alive(worker_id: str) -> bool | None:

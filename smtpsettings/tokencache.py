@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
+from django.dispatch import Signal
 from django.utils import timezone
 
 from . import keyring, oauth
@@ -38,6 +39,9 @@ CREDENTIAL = "oauth_credential_token"
 MAX_MARGIN = datetime.timedelta(minutes=5)
 MIN_LEFT = datetime.timedelta(seconds=1)  # an old token with less left is not used
 WAIT_STEP = 0.05  # seconds between looks while another worker fetches the token
+# Sent after each request to the provider, with ok=True or False: the health app counts them
+# for /metrics (gatewaymgr_oauth_token_refreshes_total).
+token_refreshed = Signal()
 
 
 def refresh_margin(lifetime: datetime.timedelta) -> datetime.timedelta:
@@ -160,7 +164,9 @@ class SharedTokens:
         except BaseException:
             # Give the lease back at once, so the next worker need not wait for it to run out.
             OAuthAccessToken.objects.filter(key=key, fetched_at=lease).update(fetched_at=previous)
+            token_refreshed.send(sender=SharedTokens, ok=False)
             raise
+        token_refreshed.send(sender=SharedTokens, ok=True)
         if issued.refresh_token:
             with transaction.atomic():  # at once, on its own: nothing later can lose it
                 self._store_rotated(sealed, issued.refresh_token)
