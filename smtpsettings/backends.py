@@ -36,7 +36,7 @@ from .options import OptionsError
 from .plan import ConnectionPlan
 from .problems import SmtpProblem, client_key_problem, policy_problem
 from .tokencache import SharedTokens
-from .transport import SmtpTransport
+from .transport import Outgoing, SmtpTransport
 
 log = logging.getLogger(__name__)
 # A bare dot-atom address, which sanitize_address() would return unchanged: most recipients.
@@ -218,18 +218,31 @@ class StoredSettingsBackend(BaseEmailBackend):
             if self.transport is None or new_connection is None:
                 return 0
             sent = 0
+            messages = list(email_messages)
+            upcoming: Outgoing | None = None
             try:
-                for message in email_messages:
-                    if self._send(message):
+                for index, message in enumerate(messages):
+                    outgoing = upcoming or self._outgoing(message)
+                    # The next one is built first, so its envelope can travel with this one's
+                    # final dot (PIPELINING); if it cannot be built, it fails in its turn.
+                    upcoming = self._try_outgoing(messages[index + 1 : index + 2])
+                    if self._send(outgoing, upcoming):
                         sent += 1
             finally:
                 if new_connection:
                     self.close()
         return sent
 
-    def _send(self, message: EmailMessage) -> bool:
+    def _try_outgoing(self, messages: list[EmailMessage]) -> Outgoing | None:
+        try:
+            return self._outgoing(messages[0]) if messages else None
+        except Exception:
+            return None
+
+    def _outgoing(self, message: EmailMessage) -> Outgoing | None:
+        """The envelope and bytes of `message`; None when it has no recipients."""
         if not message.recipients():
-            return False
+            return None
         message = addressed(message, self._addressing)
         encoding = message.encoding or settings.DEFAULT_CHARSET
         key = (force_str(message.from_email), encoding)
@@ -238,8 +251,13 @@ class StoredSettingsBackend(BaseEmailBackend):
         envelope_from = self._senders[key]
         recipients = [envelope_address(address, encoding) for address in message.recipients()]
         data = message.message().as_bytes(linesep="\r\n")
+        return Outgoing(envelope_from, recipients, data)
+
+    def _send(self, outgoing: Outgoing | None, following: Outgoing | None) -> bool:
+        if outgoing is None:
+            return False
         try:
-            refused = self.transport.send(envelope_from, recipients, data)
+            refused = self.transport.send(*outgoing, following=following)
         except SmtpProblem:
             if not self.fail_silently:
                 raise

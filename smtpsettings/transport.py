@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from django.core.mail.utils import DNS_NAME
 
@@ -50,6 +51,23 @@ Refusals = dict[str, tuple[int, str]]
 
 # Seconds of silence after which a server that has not greeted is asked whether it speaks TLS.
 GREETING_PATIENCE = 3.0
+
+
+class Outgoing(NamedTuple):
+    """A message as the transport sends it: envelope sender, recipients, and the bytes."""
+
+    sender: str
+    recipients: Sequence[str]
+    data: bytes
+
+
+@dataclass
+class _Ahead:
+    """The next message's MAIL, RCPT... and DATA, sent with the previous message's final dot
+    (RFC 2920, 3.1); their replies are read when that message is sent."""
+
+    commands: list[str]
+    started: float  # perf_counter() when they went out, for the observer's timing
 
 
 class Accepted(dict):
@@ -164,6 +182,7 @@ class SmtpTransport:
         self._context = build_context(plan, client_key=client_key) if plan.encrypted else None
         self._ehlo_name = ehlo_name(plan.options.local_domain)
         self._smtp: smtplib.SMTP | None = None
+        self._ahead: _Ahead | None = None  # the next message's envelope, already sent
         self._sent_on_connection = 0
         self._last_activity = 0.0
         self._last_send: float | None = None
@@ -191,7 +210,11 @@ class SmtpTransport:
             self._last_activity = self._clock()
 
     def close(self) -> None:
-        """QUIT and close; quietly, since the messages are already sent."""
+        """QUIT and close; quietly, since the messages are already sent. A connection with an
+        envelope sent ahead is in DATA for a message that never came: it is dropped instead
+        (a QUIT would be read as that message's content), and the server discards it."""
+        if self._ahead is not None:
+            self._discard()
         smtp, self._smtp = self._smtp, None
         if smtp is None:
             return
@@ -212,6 +235,7 @@ class SmtpTransport:
     def _discard(self) -> None:
         """Drop a connection that failed half-way; it is never reused."""
         smtp, self._smtp = self._smtp, None
+        self._ahead = None  # the server discards a transaction that never got its final dot
         if smtp is not None:
             smtp.close()
 
@@ -349,12 +373,27 @@ class SmtpTransport:
 
     # -- sending ------------------------------------------------------------------------
 
-    def send(self, sender: str, recipients: Sequence[str], data: bytes) -> Accepted:
+    def send(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        *,
+        following: Outgoing | None = None,
+    ) -> Accepted:
         """Send one message. Returns the refused recipients when others accepted it, with the
-        server's final reply; raises SmtpProblem when nobody got it."""
+        server's final reply; raises SmtpProblem when nobody got it.
+
+        `following`, the message the caller sends next, lets its MAIL, RCPT... and DATA travel
+        with this message's final dot when the server offers PIPELINING: one round trip per
+        message. Its content goes only when it is sent, so the caller may record this one's
+        result first; if it then sends another message, or closes, the connection is dropped
+        (its server is waiting in DATA) and nothing of `following` is delivered."""
         try:
-            self._prepare()
-            refused = self._transaction(sender, recipients, data)
+            ahead = self._resume(sender, recipients, data)
+            if ahead is None:
+                self._prepare()
+            refused = self._transaction(sender, recipients, data, ahead, following)
         except SmtpProblem as problem:
             if not _answered(problem):
                 self._discard()  # it broke, the server is closing it, or its replies are astray
@@ -391,8 +430,37 @@ class SmtpTransport:
         except (SmtpProblem, OSError, smtplib.SMTPException):
             self._discard()  # reconnect and send anyway
 
-    def _transaction(self, sender: str, recipients: Sequence[str], data: bytes) -> Accepted:
-        smtp = self._smtp
+    def _resume(self, sender: str, recipients: Sequence[str], data: bytes) -> _Ahead | None:
+        """The envelope sent ahead, if it is this message's and the connection was not left
+        idle meanwhile; any other envelope sent ahead is given up with its connection."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return None
+        idle = self._clock() - self._last_activity > self.plan.options.ping_threshold
+        if idle or ahead.commands != self._envelope(self._smtp, sender, recipients, data):
+            self._discard()
+            return None
+        return ahead
+
+    def _pipeline_next(self, smtp: smtplib.SMTP, following: Outgoing | None) -> list[str] | None:
+        """The commands of `following` to send with this message's final dot, or None: only
+        with PIPELINING, with no throttle to space the messages, and when this connection is
+        not restarted after this message."""
+        options = self.plan.options
+        if following is None or options.max_per_second or not smtp.has_extn("pipelining"):
+            return None
+        if options.restart_threshold and self._sent_on_connection + 1 >= options.restart_threshold:
+            return None
+        try:
+            return self._envelope(smtp, *following)
+        except SmtpProblem:
+            return None  # sent on its own, its send says why
+
+    @staticmethod
+    def _envelope(
+        smtp: smtplib.SMTP, sender: str, recipients: Sequence[str], data: bytes
+    ) -> list[str]:
+        """MAIL FROM (with SIZE, BODY and SMTPUTF8 as the server offers them), RCPT TO..., DATA."""
         params = []
         if smtp.has_extn("size"):
             params.append(f"SIZE={len(data)}")
@@ -408,11 +476,26 @@ class SmtpTransport:
                 )
             params.append("SMTPUTF8")
         mail = f"MAIL FROM:<{sender}>" + "".join(f" {p}" for p in params)
-        commands = [mail, *(f"RCPT TO:<{r}>" for r in recipients), "DATA"]
+        return [mail, *(f"RCPT TO:<{r}>" for r in recipients), "DATA"]
+
+    def _transaction(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        ahead: _Ahead | None,
+        following: Outgoing | None,
+    ) -> Accepted:
+        smtp = self._smtp
+        commands = ahead.commands if ahead else self._envelope(smtp, sender, recipients, data)
         step = "mail"
         try:
-            started = time.perf_counter()
-            replies = self._exchange(smtp, commands, len(recipients))
+            if ahead is not None:  # sent with the previous final dot: only the replies to read
+                started = ahead.started
+                replies = [smtp.getreply() for _ in commands]
+            else:
+                started = time.perf_counter()
+                replies = self._exchange(smtp, commands, len(recipients))
             mail_reply = replies[0]
             rcpt_replies = replies[1 : 1 + len(recipients)]
             data_reply = replies[-1] if len(replies) == len(commands) else None
@@ -436,7 +519,10 @@ class SmtpTransport:
                 if data_reply[0] != 354:
                     smtp.rset()
                     raise smtplib.SMTPDataError(*data_reply)
-                smtp.send(wire_format(data))
+                then = self._pipeline_next(smtp, following)
+                smtp.send(wire_format(data) + (_wire(then) if then else b""))
+                if then:
+                    self._ahead = _Ahead(then, time.perf_counter())
                 code, reply = smtp.getreply()
                 report.reply += f", then {code} {_text(reply)}"
                 report.detail = f"{len(data):,} bytes"
@@ -464,13 +550,12 @@ class SmtpTransport:
     def _exchange(smtp: smtplib.SMTP, commands: list[str], rcpt_count: int) -> list[tuple]:
         """MAIL, RCPT... and DATA: in one write with PIPELINING (RFC 2920), else one by one,
         stopping where the rest would be pointless."""
-        encode = "utf-8" if any(not c.isascii() for c in commands) else "ascii"
         if smtp.has_extn("pipelining"):
-            smtp.send("".join(f"{c}\r\n" for c in commands).encode(encode))
+            smtp.send(_wire(commands))
             return [smtp.getreply() for _ in commands]
         replies = []
         for index, command in enumerate(commands):
-            smtp.send(f"{command}\r\n".encode(encode))
+            smtp.send(_wire([command]))
             replies.append(smtp.getreply())
             if index == 0 and replies[0][0] != 250:
                 break
@@ -564,6 +649,12 @@ def _answered(problem: SmtpProblem) -> bool:
     message. Anything else (no reply, 421, a 2xx where a refusal was read) drops it."""
     code = problem.reply[0] if problem.reply else 0
     return 400 <= code < 600 and code != 421
+
+
+def _wire(commands: list[str]) -> bytes:
+    """Commands as they are written: one line each; UTF-8 only where SMTPUTF8 allowed it."""
+    text = "".join(f"{c}\r\n" for c in commands)
+    return text.encode("ascii" if text.isascii() else "utf-8")
 
 
 def _printable(refused: Refusals) -> Refusals:
