@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     "smtpsettings",
     "notifications",
     "health",  # workers' heartbeats, the banner, the probes and /metrics
+    "retention",  # the record of the workers' daily retention run
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -133,6 +134,30 @@ OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=30)
 # queue holds (notifications/worker.py); finished task records are kept this long.
 OUTBOX_SWEEP_SECONDS = env.float("OUTBOX_SWEEP_SECONDS", default=20)
 OUTBOX_TASK_RETENTION_HOURS = env.float("OUTBOX_TASK_RETENTION_HOURS", default=24)
+
+
+# Retention (notifications/retention.py): how many days each kind of record is kept; 0 or empty
+# keeps it for good. The workers apply it once a day (RETENTION_DAILY); `manage.py
+# apply_retention` by hand. Task records follow OUTBOX_TASK_RETENTION_HOURS; the settings history
+# is an audit log, kept for good.
+def _retention_days(name: str, default: int) -> int:
+    value = env.str(name, default=str(default)).strip()
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise ImproperlyConfigured(
+            f"{name} must be a whole number of days (0 or empty keeps for good), not {value!r}."
+        )
+    return int(value)
+
+
+RETENTION_SENT_DAYS = _retention_days("RETENTION_SENT_DAYS", OUTBOX_RETENTION_DAYS)
+RETENTION_FAILED_DAYS = _retention_days("RETENTION_FAILED_DAYS", 90)  # failed and cancelled
+RETENTION_EVENTS_DAYS = _retention_days("RETENTION_EVENTS_DAYS", 90)  # with their dispatches
+RETENTION_TEST_RUNS_DAYS = _retention_days("RETENTION_TEST_RUNS_DAYS", 30)
+RETENTION_INVITATIONS_DAYS = _retention_days("RETENTION_INVITATIONS_DAYS", 90)  # expired, revoked
+RETENTION_BATCH_SIZE = env.int("RETENTION_BATCH_SIZE", default=2000)  # rows per transaction
+RETENTION_DAILY = env.bool("RETENTION_DAILY", default=True)
 API_RATE_LIMIT = env.str("API_RATE_LIMIT", default="120/minute")  # per token; see ratelimit.py
 # Where Microsoft 365 tokens come from (smtpsettings/oauth.py); tests point it at a local one.
 OAUTH_MICROSOFT_AUTHORITY = env.str(

@@ -1,0 +1,2 @@
+"""The record of the daily retention run, shared by every worker (see notifications/retention.py
+for the policy and the purge)."""
