@@ -242,6 +242,12 @@ class DeliveryLoop:
             apply_if_due()
         except Exception:  # retention must never hold up delivery
             log.exception("Retention: applying the retention policy failed")
+        from gatewaymgr.invitations import resume_stalled_batches
+
+        try:  # a bulk invitation whose worker died goes on (gatewaymgr/invitations.py)
+            resume_stalled_batches()
+        except Exception:
+            log.exception("Invitations: resuming stalled batches failed")
 
 
 def running_loop() -> DeliveryLoop | None:

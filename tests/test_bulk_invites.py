@@ -23,6 +23,7 @@ from gatewaymgr.models import Invitation
 from notifications.backends import OutboxBackend
 from notifications.models import Integration, OutboundEmail
 from tests.conftest import make_user
+from tests.workers import wait_until
 
 pytestmark = pytest.mark.django_db
 LINK = re.compile(r"https://console\.example\.com/invite/([A-Za-z0-9_-]+)/")
@@ -140,6 +141,40 @@ def test_a_batch_resumes_where_the_dead_worker_left_it(admin_client, monkeypatch
     assert "60 of 61 invited, 1 problem" in page
     assert "existing@example.com already has an account (existing)" in page
     assert not invitations.unfinished_batches()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_invites_a_large_submission_in_the_background(
+    admin_client, workers, monkeypatch
+):
+    monkeypatch.setattr(invitations, "INLINE_MAX", 10)
+    box = "\n".join(addresses(30))
+    response = admin_client.post("/users/", {"addresses": box, "valid_days": "7"})
+    assert response.status_code == 302
+    page = admin_client.get("/users/").content.decode()
+    assert "Inviting 30 addresses in the background" in page
+    workers()
+    wait_until(lambda: not invitations.unfinished_batches(), what="the batch to be invited")
+    assert Invitation.objects.count() == 30
+    assert "Invited in the background: 30 of 30 invited, 0 problems" in (
+        admin_client.get("/users/").content.decode()
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_left_by_a_dead_worker_is_finished_by_a_live_one_unasked(workers):
+    """No task queued for it, its lease run out, half done: as a killed worker leaves it."""
+    invitations.invite([Invitee(a) for a in addresses(20)])
+    batch = invitations.InvitationBatch.objects.create(
+        invitees=[[a, ""] for a in addresses(40)], total=40, done=20, invited=20
+    )
+    workers()
+    wait_until(lambda: not invitations.unfinished_batches(), what="the batch to be resumed")
+    batch.refresh_from_db()
+    assert batch.progress == "40 of 40 invited, 0 problems"
+    assert Invitation.objects.count() == 40
+    # The first 20 were not invited again by the resumed run.
+    assert OutboundEmail.objects.filter(category="invitation").count() == 40
 
 
 def test_a_stalled_batch_is_queued_again(admin_client, monkeypatch):
