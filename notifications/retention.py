@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 from django.apps import apps
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, Model, OuterRef, Q
+from django.db.models import CASCADE, DO_NOTHING, SET_NULL, Exists, Model, OuterRef, Q
+from django.db.models.deletion import get_candidate_relations_to_delete
+from django.db.models.signals import post_delete, pre_delete
 from django.utils import timezone
 
 log = logging.getLogger(__name__)
@@ -215,12 +217,113 @@ def purge(
             if not rows:
                 return outcome
             # Locked and matching, so nothing changes them before the commit: keys are enough.
-            _, counts = (
-                model._base_manager.filter(pk__in=[pk for _, pk in rows]).only("pk").delete()
-            )
+            counts = delete_by_pk(model, [pk for _, pk in rows])
         last = rows[-1]
         outcome.removed += counts.pop(label, 0)
         outcome.with_them.update(counts)
+
+
+def delete_by_pk(model: type[Model], pks: list) -> Counter[str]:
+    """Delete these rows and what depends on them, as the models' relations say (CASCADE
+    deletes, SET_NULL sets NULL, DO_NOTHING leaves it to the database), with a few plain
+    statements per table and no instance in memory. Returns the rows removed per model label.
+    Where Django's collector must act in Python (signal receivers, generic relations, other
+    on_delete rules, inherited models), the collector deletes the batch instead."""
+    counts: Counter[str] = Counter()
+    if not pks:
+        return counts
+    if not _plain(model):
+        _, by_label = model._base_manager.filter(pk__in=pks).only("pk").delete()
+        counts.update(by_label)
+        return counts
+    key = model._meta.pk
+    values = [key.get_db_prep_value(pk, connection, prepared=False) for pk in pks]
+    _delete_where(model, key.column, values, counts)
+    return counts
+
+
+def _dependants(model: type[Model]) -> list:
+    return [
+        relation
+        for relation in get_candidate_relations_to_delete(model._meta)
+        if relation.field.remote_field.on_delete is not DO_NOTHING
+    ]
+
+
+def _plain(model: type[Model], seen: frozenset = frozenset()) -> bool:
+    """Whether deleting `model`'s rows needs nothing but SQL (checked down the cascade)."""
+    opts = model._meta
+    if (
+        opts.parents
+        or pre_delete.has_listeners(model)
+        or post_delete.has_listeners(model)
+        or any(hasattr(f, "bulk_related_objects") for f in opts.private_fields)
+    ):
+        return False
+    for relation in _dependants(model):
+        rule = relation.field.remote_field.on_delete
+        if rule is SET_NULL:
+            continue
+        if rule is not CASCADE:
+            return False
+        related = relation.related_model
+        if related not in seen and not _plain(related, seen | {model}):
+            return False
+    return True
+
+
+def _delete_where(model: type[Model], column: str, values: list, counts: Counter[str]) -> None:
+    """DELETE the rows of `model` whose `column` is in `values`, their dependants first."""
+    quote = connection.ops.quote_name
+    table, pk = quote(model._meta.db_table), model._meta.pk.column
+    dependants = _dependants(model)
+    with connection.cursor() as cursor:
+        for chunk in _chunks(values):
+            where = column
+            if dependants:
+                if column != pk:  # the dependants point at these rows' keys: find them
+                    cursor.execute(
+                        f"SELECT {quote(pk)} FROM {table} WHERE {quote(column)} IN {_marks(chunk)}",
+                        chunk,
+                    )
+                    chunk, where = [row[0] for row in cursor.fetchall()], pk
+                    if not chunk:
+                        continue
+                for relation in dependants:
+                    _follow(cursor, relation, table, pk, chunk, counts)
+            cursor.execute(f"DELETE FROM {table} WHERE {quote(where)} IN {_marks(chunk)}", chunk)
+            counts[model._meta.label] += cursor.rowcount
+
+
+def _follow(cursor, relation, table: str, pk: str, keys: list, counts: Counter[str]) -> None:
+    """Apply one relation's on_delete to the rows that point at `keys` of `table`."""
+    quote = connection.ops.quote_name
+    field, related = relation.field, relation.related_model
+    target = field.target_field.column
+    referenced = keys
+    if target != pk:  # a key to another unique column: its values, not the primary keys
+        cursor.execute(
+            f"SELECT {quote(target)} FROM {table} WHERE {quote(pk)} IN {_marks(keys)}", keys
+        )
+        referenced = [row[0] for row in cursor.fetchall()]
+    if field.remote_field.on_delete is CASCADE:
+        _delete_where(related, field.column, referenced, counts)
+    else:  # SET_NULL
+        column = quote(field.column)
+        cursor.execute(
+            f"UPDATE {quote(related._meta.db_table)} SET {column} = NULL "
+            f"WHERE {column} IN {_marks(referenced)}",
+            referenced,
+        )
+
+
+def _marks(values: list) -> str:
+    return "(" + ", ".join(["%s"] * len(values)) + ")"
+
+
+def _chunks(values: list) -> list[list]:
+    size = batch_size()
+    return [values[i : i + size] for i in range(0, len(values), size)]
 
 
 def _after(key: str, last_key: object, last_pk: object) -> Q:
