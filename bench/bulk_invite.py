@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import html
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -69,11 +71,15 @@ from notifications.models import Integration  # noqa: E402
 INSERT_ROWS = 5_000
 
 
-def seed(existing: int, integration: bool) -> None:
+def seed(existing: int, users: int, integration: bool) -> None:
     """The database as a year of inviting leaves it: `existing` invitations, most of them
-    accepted or expired, a fifth still open, and an administrator."""
+    accepted or expired, a fifth still open, `users` users and an administrator."""
     call_command("migrate", verbosity=0)
     User.objects.create_superuser("admin", "admin@example.com", "pw")
+    User.objects.bulk_create(
+        [User(username=f"user{n:05}", email=f"user{n}@example.com") for n in range(users)],
+        batch_size=INSERT_ROWS,
+    )
     if integration:
         Integration.objects.create(
             name="People", recipients=["hr@example.com"], events=["user.invited"]
@@ -107,6 +113,7 @@ def measure(what: str, count: int) -> dict:
     """One measurement, in this (child) process."""
     admin = User.objects.get(username="admin")
     statements = 0
+    sizes: list[int] = []
 
     def counted(execute, sql, params, many, context):
         nonlocal statements
@@ -127,12 +134,22 @@ def measure(what: str, count: int) -> dict:
                 invitations.run_batch(batch.pk)
         elif what == "inline":
             invitations.invite([Invitee(a) for a in fresh(count, "inline")], inviter=admin)
+        elif what == "view":
+            client = Client(HTTP_HOST="localhost")
+            client.force_login(admin)
+            for query in ("", "?status=expired", "?users_page=100"):
+                sizes.append(len(client.get("/users/" + query).content))
+            older = re.search(r'href="(\?[^"]*older=[^"]*)"', client.get("/users/").text)
+            if older:
+                sizes.append(len(client.get("/users/" + html.unescape(older.group(1))).content))
+            count = len(sizes)  # pages viewed
         elif what == "reinvite":
             # The open ones among the existing invitations (every fifth).
             again = [f"old{number}@example.com" for number in range(0, 5 * count, 5)]
             invitations.invite([Invitee(a) for a in again], inviter=admin)
         seconds = time.perf_counter() - started
     return {
+        "html_kb": sum(sizes) / 1024 if what == "view" else 0,
         "what": what,
         "addresses": count,
         "seconds": round(seconds, 3),
@@ -157,6 +174,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--existing", type=int, default=200_000)
     parser.add_argument("--addresses", type=int, default=10_000)
+    parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument(
         "--integration", action="store_true", help="an integration gets every user.invited"
     )
@@ -166,18 +184,25 @@ def main() -> None:
         print(json.dumps(measure(args.child, args.addresses)))
         return
     started = time.perf_counter()
-    seed(args.existing, args.integration)
+    seed(args.existing, args.users, args.integration)
     print(
-        f"{connection.vendor}: {args.existing:,} invitations seeded in "
+        f"{connection.vendor}: {args.existing:,} invitations and {args.users:,} users seeded in "
         f"{time.perf_counter() - started:.1f} s"
         + (", one integration on user.invited" if args.integration else "")
     )
     inline = getattr(invitations, "INLINE_MAX", 1_000)
-    runs = [("inline", inline), ("reinvite", inline), ("page", args.addresses)]
+    runs = [("view", 1), ("inline", inline), ("reinvite", inline), ("page", args.addresses)]
     if hasattr(invitations, "run_batch"):
         runs.append(("worker", args.addresses))
     for what, count in runs:
         result = child(what, count)
+        if what == "view":
+            print(
+                f"Users page: {result['addresses']} views (first, expired, users page 100, "
+                f"older) in {result['seconds']:.2f} s, {result['statements']} statements, "
+                f"{result['html_kb']:.0f} KB of HTML in all"
+            )
+            continue
         print(
             f"{what:9} {count:>6,} addresses: {result['seconds']:7.2f} s, "
             f"{result['statements']:>6,} statements "

@@ -32,8 +32,8 @@ class InviteForm(forms.Form):
                 "placeholder": "bob@example.com\nCarol Jones <carol@example.com>, dave@example.com",
             }
         ),
-        help_text="One per line, or separated by commas. A name may come first: "
-        "Carol Jones <carol@example.com>.",
+        help_text="One per line, or separated by commas, up to 10,000 at once. A name may come "
+        "first: Carol Jones <carol@example.com>.",
     )
     groups = forms.ModelMultipleChoiceField(
         queryset=Group.objects.order_by("name"),
