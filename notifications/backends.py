@@ -2,8 +2,10 @@
 
     EMAIL_BACKEND = "notifications.backends.OutboxBackend"
 
-send_messages() stores each message, encrypted with the key ring (smtpsettings.keyring), as an
-OutboundEmail row inside the caller's database transaction and, once that transaction commits,
+send_messages() stores each message as an OutboundEmail row, its body encrypted with the key
+ring (smtpsettings.keyring) in an OutboundBody, its recipients in OutboundRecipient rows (for
+searching) and, for more than one message, an OutboundBatch; all set-based (a few INSERTs per
+thousand messages) inside the caller's database transaction and, once that transaction commits,
 wakes a worker with a task. So a web request never talks to an SMTP server, a rolled-back
 invitation sends nothing, and nothing is lost when the SMTP server, a worker or the task queue
 is down: workers find due mail in the database on their own (notifications/worker.py).
@@ -33,8 +35,19 @@ from smtpsettings.backends import (
     envelope_sender,
 )
 
-from .models import Category, OutboundEmail, seal
+from .models import (
+    Category,
+    OutboundBatch,
+    OutboundBody,
+    OutboundEmail,
+    OutboundRecipient,
+    seal,
+)
 from .policy import PENDING
+
+# Rows per INSERT: bounded statements (a body is ~2 KB sealed) at 10,000 messages a call.
+EMAILS_PER_INSERT = 500
+RECIPIENTS_PER_INSERT = 2000
 
 
 def queue_email(
@@ -57,26 +70,50 @@ class OutboxBackend(BaseEmailBackend):
             return 0
 
     def store(self, email_messages: Sequence[EmailMessage]) -> list[OutboundEmail]:
+        """Store the messages that have recipients, in the current transaction, and return
+        their rows (bodies attached, so message_bytes() needs no query)."""
         messages = [m for m in email_messages if m.recipients()]
         if not messages:
             return []
         addressing = addressing_of(store.load())
-        batch = uuid.uuid4().hex if len(messages) > 1 else ""
-        rows = [self._row(message, addressing, batch) for message in messages]
+        prepared = [self._prepare(message, addressing) for message in messages]
+        rows = [row for row, _, _ in prepared]
         with transaction.atomic():
-            OutboundEmail.objects.bulk_create(rows)
+            if len(rows) > 1:
+                batch = OutboundBatch.objects.create(
+                    key=uuid.uuid4().hex, subject=rows[0].subject, total=len(rows)
+                )
+                for row in rows:
+                    row.batch = batch
+            OutboundEmail.objects.bulk_create(rows, batch_size=EMAILS_PER_INSERT)
+            bodies = []
+            recipients = []
+            for row, token, addresses in prepared:
+                body = OutboundBody(token=token)
+                row.body = body  # sets body.email, and keeps it on the row
+                bodies.append(body)
+                recipients += [
+                    OutboundRecipient(email=row, address=a, domain=a.rpartition("@")[2])
+                    for a in addresses
+                ]
+            OutboundBody.objects.bulk_create(bodies, batch_size=EMAILS_PER_INSERT)
+            OutboundRecipient.objects.bulk_create(recipients, batch_size=RECIPIENTS_PER_INSERT)
             transaction.on_commit(enqueue_delivery)
         return rows
 
     @staticmethod
-    def _row(message: EmailMessage, addressing: Addressing, batch: str) -> OutboundEmail:
+    def _prepare(
+        message: EmailMessage, addressing: Addressing
+    ) -> tuple[OutboundEmail, str, list[str]]:
+        """The row, the sealed body and the lower-case addresses to search by (no query:
+        ContentType.objects caches its look-ups)."""
         # The stored sender, Reply-To and bounce address, as StoredSettingsBackend sets them.
         message = addressed(message, addressing)
         encoding = message.encoding or settings.DEFAULT_CHARSET
         mime = message.message()
         cause = getattr(message, "outbox_cause", None)
         recipients = dict.fromkeys(envelope_address(a, encoding) for a in message.recipients())
-        return OutboundEmail(
+        row = OutboundEmail(
             category=getattr(message, "outbox_category", Category.OTHER),
             cause_type=ContentType.objects.get_for_model(cause) if cause is not None else None,
             cause_id=str(cause.pk) if cause is not None else "",
@@ -84,10 +121,9 @@ class OutboxBackend(BaseEmailBackend):
             subject=str(message.subject)[:255],
             envelope_from=envelope_sender(message, addressing),
             recipients=[{"address": a, "status": PENDING, "reply": ""} for a in recipients],
-            to_text=" ".join(recipients).lower(),
-            batch=batch,
-            message_token=seal(mime.as_bytes(linesep="\r\n")),
         )
+        token = seal(mime.as_bytes(linesep="\r\n"))
+        return row, token, list(dict.fromkeys(a.lower() for a in recipients))
 
 
 def enqueue_delivery() -> None:

@@ -10,7 +10,8 @@ records the previous message, so it costs no commit of its own.
 Each result is committed right after the server's reply: a duplicate is possible only when
 a worker dies between the server's 250 and that commit. Messages of a worker that died are
 claimed again once its lease runs out; a worker that is stopped or interrupted gives its
-messages back at once. The commit that records delivery also drops the body.
+messages back at once. The UPDATE that records delivery also drops the body (a database
+trigger, notifications.triggers), so that costs no statement of its own.
 
 Only an SMTP 5xx reply to a message (or a problem of the message itself, such as a body no
 key can read) fails it. A server that cannot be reached holds the whole queue back (Breaker)
@@ -97,7 +98,12 @@ def claim(worker: str, size: int, cutoff: datetime.datetime | None = None) -> li
             claimed_by=worker,
             lease_until=lease_end(),
         )
-    return list(OutboundEmail.objects.filter(id__in=ids, claimed_by=worker).order_by("id"))
+    # The bodies come along (a join): one query for the batch, none per message.
+    return list(
+        OutboundEmail.objects.filter(id__in=ids, claimed_by=worker)
+        .select_related("body")
+        .order_by("id")
+    )
 
 
 def held_by(worker: str):
@@ -185,7 +191,8 @@ def hold_queue(worker: str, problem: SmtpProblem, in_flight: int | None = None) 
             if policy.expired(email.created_at, now):  # bounced, with the reason
                 recipients = give_up(record_problem(email.recipients, problem))
                 status = settle(recipients)
-                done = {"sent_at": now, "message_token": ""} if status == Status.SENT else {}
+                # Sent (to some): the trigger drops the body with this UPDATE.
+                done = {"sent_at": now} if status == Status.SENT else {}
                 OutboundEmail.objects.filter(pk=email.pk).update(
                     status=status,
                     recipients=recipients,
@@ -429,8 +436,9 @@ class Courier:
                 changes["next_attempt_at"] = when
         changes["status"] = status
         if status == Status.SENT:
+            # The trigger drops the body with this UPDATE: nobody needs it again, only the
+            # recipient's mailbox keeps it.
             changes["sent_at"] = now
-            changes["message_token"] = ""  # nobody needs it again: only the mailbox keeps it
         changes["last_error"] = str(problem) if problem is not None else ""
         outcome = _outcome(status, refused, problem)
         with transaction.atomic():

@@ -41,10 +41,27 @@ class Status(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
-class OutboundEmail(models.Model):
-    """One message the product sends, stored before any SMTP server hears of it."""
+class OutboundBatch(models.Model):
+    """One send_messages() call of more than one message, such as a bulk invitation: what the
+    "Bulk sends" box shows, without grouping the outbox."""
 
+    key = models.CharField(max_length=32, unique=True)
+    subject = models.CharField(max_length=255, blank=True)  # of its first message
+    total = models.PositiveIntegerField()
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.total} x {self.subject or '(no subject)'}"
+
+
+class OutboundEmail(models.Model):
+    """One message the product sends, stored before any SMTP server hears of it. Its body is
+    an OutboundBody of its own, so that lists and counts never read it."""
+
+    created_at = models.DateTimeField(default=timezone.now)
     category = models.CharField(max_length=20, choices=Category.choices, default=Category.OTHER)
     cause_type = models.ForeignKey(ContentType, null=True, blank=True, on_delete=models.SET_NULL)
     cause_id = models.CharField(max_length=64, blank=True)
@@ -55,15 +72,18 @@ class OutboundEmail(models.Model):
     envelope_from = models.CharField(max_length=254)
     # [{"address": "...", "status": "pending" | "sent" | "refused", "reply": "250 ..."}]
     recipients = models.JSONField()
-    to_text = models.TextField(blank=True)  # the addresses, lower case, for searching
-    batch = models.CharField(max_length=32, blank=True, db_index=True)  # one send_messages() call
-    # The whole message as it goes over the wire, sealed with seal(); "" once delivered, so
-    # a sent invitation's link lives on only in the recipient's mailbox.
-    message_token = models.TextField(blank=True)
-
-    status = models.CharField(
-        max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True
+    # The send_messages() call it came in with, when that stored more than one message.
+    # Indexed with status below (the progress of a batch).
+    batch = models.ForeignKey(
+        OutboundBatch,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="emails",
+        db_index=False,
     )
+
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(default=timezone.now)
     claimed_by = models.CharField(max_length=64, blank=True)
@@ -73,7 +93,15 @@ class OutboundEmail(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["status", "next_attempt_at"], name="outbox_due")]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="outbox_due"),
+            # Newest first, for keyset pages: all, by status, by category.
+            models.Index(fields=["created_at", "id"], name="outbox_newest"),
+            models.Index(fields=["status", "created_at", "id"], name="outbox_status_newest"),
+            models.Index(fields=["category", "created_at", "id"], name="outbox_category_newest"),
+            models.Index(fields=["cause_type", "cause_id"], name="outbox_cause"),
+            models.Index(fields=["batch", "status"], name="outbox_batch_status"),
+        ]
         permissions = [("manage_outboundemail", "Can retry and cancel outbound e-mail")]
 
     def __str__(self) -> str:
@@ -83,14 +111,81 @@ class OutboundEmail(models.Model):
     def recipient_list(self) -> str:
         return ", ".join(entry["address"] for entry in self.recipients)
 
+    @property
+    def has_body(self) -> bool:
+        """Whether the body is still stored (it is dropped once delivered)."""
+        try:
+            return self.body is not None
+        except OutboundBody.DoesNotExist:
+            return False
+
     def message_bytes(self) -> bytes:
-        """The message to send, decrypted. Raises BodyUnavailable saying why it cannot be."""
-        if not self.message_token:
+        """The message to send, decrypted. Raises BodyUnavailable saying why it cannot be.
+        Reads the body row unless it came with the message (select_related("body"))."""
+        if not self.has_body:
             raise BodyUnavailable(BODY_REMOVED)
         try:
-            return keyring.decrypt_bytes(self.message_token.encode("ascii"))
+            return keyring.decrypt_bytes(self.body.token.encode("ascii"))
         except (keyring.Undecryptable, UnicodeError):
             raise BodyUnavailable(BODY_UNREADABLE) from None
+
+
+class OutboundBody(models.Model):
+    """A message's body as it goes over the wire, sealed with seal(). Deleted by the UPDATE
+    that makes its message Sent (a trigger, see notifications.triggers), so a sent
+    invitation's link lives on only in the recipient's mailbox; kept apart so that the outbox's
+    rows stay small."""
+
+    email = models.OneToOneField(
+        OutboundEmail, on_delete=models.CASCADE, primary_key=True, related_name="body"
+    )
+    token = models.TextField()
+
+    def __str__(self) -> str:
+        return f"body of {self.email_id}"
+
+
+class OutboundRecipient(models.Model):
+    """One envelope recipient of a message, lower case, for searching by address, address
+    prefix or domain through an index (see outbox.search)."""
+
+    email = models.ForeignKey(OutboundEmail, on_delete=models.CASCADE, related_name="+")
+    address = models.CharField(max_length=254)
+    domain = models.CharField(max_length=254)
+
+    class Meta:
+        indexes = [
+            # varchar_pattern_ops on PostgreSQL: serves = and LIKE 'prefix%' whatever the
+            # database's collation (ignored elsewhere).
+            models.Index(
+                fields=["address"],
+                name="outbox_recipient_address",
+                opclasses=["varchar_pattern_ops"],
+            ),
+            models.Index(fields=["domain"], name="outbox_recipient_domain"),
+        ]
+
+    def __str__(self) -> str:
+        return self.address
+
+
+class OutboundStatusCount(models.Model):
+    """How many outbox messages have each status, kept by database triggers (see
+    notifications.triggers): several rows (shards, id % 8) per status, so concurrent writers
+    rarely wait for one another; a status's count is the sum of its rows. Read by
+    outbox.counts_by_status."""
+
+    status = models.CharField(max_length=10)
+    shard = models.SmallIntegerField()
+    n = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["status", "shard"], name="outbox_count_shard")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.status}[{self.shard}] = {self.n}"
 
 
 class Breaker(models.Model):
@@ -156,14 +251,18 @@ class EventSource(models.TextChoices):
 class Event(models.Model):
     """One event as it came in, and what it caused (see its dispatches)."""
 
-    type = models.CharField(max_length=64, db_index=True)
+    type = models.CharField(max_length=64)
     payload = models.JSONField(default=dict)
     source = models.CharField(max_length=10, choices=EventSource.choices)
     actor = models.CharField(max_length=150, blank=True)  # user name or API token, as text
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [  # newest first, for keyset pages: all, by type
+            models.Index(fields=["created_at", "id"], name="event_newest"),
+            models.Index(fields=["type", "created_at", "id"], name="event_type_newest"),
+        ]
 
     def __str__(self) -> str:
         return f"event {self.pk} ({self.type})"

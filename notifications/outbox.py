@@ -3,35 +3,99 @@
 from __future__ import annotations
 
 import datetime
+from collections import Counter
 from dataclasses import dataclass
 
-from django.db import transaction
-from django.db.models import Count, Min, Q, QuerySet
+from django.db import connection, transaction
+from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
 from smtpsettings import keyring
 
 from .backends import enqueue_delivery
-from .models import OutboundEmail, Status
+from .models import (
+    OutboundBatch,
+    OutboundBody,
+    OutboundEmail,
+    OutboundRecipient,
+    OutboundStatusCount,
+    Status,
+)
 from .policy import PENDING, SENT
 
 RETRYABLE = (Status.QUEUED, Status.FAILED)
 CANCELLABLE = (Status.QUEUED,)
 
 
+@dataclass(frozen=True)
+class SearchTerm:
+    """What a search box entry means: kind is "message-id", "domain", "domain-or-prefix",
+    "prefix" or "" (nothing to search for); value is lower case except for a Message-ID."""
+
+    kind: str
+    value: str
+
+
+def parse_query(query: str) -> SearchTerm:
+    """How search() reads the search box (see there)."""
+    query = query.strip()
+    if not query:
+        return SearchTerm("", "")
+    if query.startswith("<") and query.endswith(">"):
+        return SearchTerm("message-id", query)
+    query = query.lower()
+    if query.startswith("@"):
+        return SearchTerm("domain", query[1:])
+    if "@" not in query and "." in query:
+        return SearchTerm("domain-or-prefix", query)
+    return SearchTerm("prefix", query)
+
+
+def _prefix(field: str, value: str) -> Q:
+    """Values of `field` starting with `value`, served by its index on both databases:
+    LIKE 'value%' on PostgreSQL (the index has varchar_pattern_ops), and on SQLite, whose LIKE
+    ignores case and so skips a plain index, the byte range the prefix spans."""
+    if connection.vendor == "postgresql":
+        return Q(**{f"{field}__startswith": value})
+    return Q(**{f"{field}__gte": value, f"{field}__lt": value + "\U0010ffff"})
+
+
 def search(status: str = "", category: str = "", query: str = "") -> QuerySet[OutboundEmail]:
+    """The outbox's messages, newest first, with `status` and `category` ("" = any), whose
+    recipients match `query` (case does not matter):
+
+    - "<id@host>": the message with that Message-ID, exactly;
+    - "@example.com": a recipient at that domain, exactly (not its subdomains);
+    - "example.com" (a dot, no "@"): a recipient at that domain, or whose address starts so;
+    - anything else ("bob", "bob@exa", "bob@example.com"): a recipient whose address starts
+      with it; an address is its own prefix, so a whole address finds that recipient.
+
+    Each is an index lookup in OutboundRecipient (or on message_id), so the cost follows the
+    matches, not the outbox's size."""
     emails = OutboundEmail.objects.all()
     if status:
         emails = emails.filter(status=status)
     if category:
         emails = emails.filter(category=category)
-    if query:
-        emails = emails.filter(Q(to_text__contains=query.lower()) | Q(subject__icontains=query))
-    return emails
+    term = parse_query(query)
+    if term.kind == "message-id":
+        return emails.filter(message_id=term.value)
+    if term.kind == "domain":
+        match = Q(domain=term.value)
+    elif term.kind == "domain-or-prefix":
+        match = Q(domain=term.value) | _prefix("address", term.value)
+    elif term.kind == "prefix":
+        match = _prefix("address", term.value)
+    else:
+        return emails
+    return emails.filter(id__in=OutboundRecipient.objects.filter(match).values("email_id"))
 
 
 def counts_by_status() -> dict[str, int]:
-    counts = dict(OutboundEmail.objects.values_list("status").annotate(n=Count("id")))
+    """Messages by status, exact, from the counts the triggers keep (a few dozen rows)."""
+    counts = dict(
+        OutboundStatusCount.objects.values_list("status").annotate(total=Sum("n")).order_by()
+    )
     return {value: counts.get(value, 0) for value in Status.values}
 
 
@@ -53,25 +117,33 @@ class BulkProgress:
 
 
 def recent_bulk_sends(limit: int = 5) -> list[BulkProgress]:
-    """Progress of the latest multi-message sends, such as a bulk invitation."""
-    rows = (
-        OutboundEmail.objects.exclude(batch="")
-        .values("batch")
-        .annotate(
-            total=Count("id"),
-            sent=Count("id", filter=Q(status=Status.SENT)),
-            failed=Count("id", filter=Q(status=Status.FAILED)),
-            started=Min("created_at"),
-            subject=Min("subject"),
+    """Progress of the latest multi-message sends, such as a bulk invitation: the `limit`
+    newest batches, their messages counted through the (batch, status) index."""
+    batches = list(OutboundBatch.objects.order_by("-created_at", "-id")[:limit])
+    counts = Counter()
+    for batch_id, status, n in (
+        OutboundEmail.objects.filter(batch__in=batches, status__in=(Status.SENT, Status.FAILED))
+        .values_list("batch", "status")
+        .annotate(n=Count("*"))
+        .order_by()
+    ):
+        counts[batch_id, status] = n
+    return [
+        BulkProgress(
+            batch=batch.key,
+            subject=batch.subject,
+            total=batch.total,
+            sent=counts[batch.pk, Status.SENT],
+            failed=counts[batch.pk, Status.FAILED],
+            started=batch.created_at,
         )
-        .order_by("-started")[:limit]
-    )
-    return [BulkProgress(**row) for row in rows]
+        for batch in batches
+    ]
 
 
 def cannot_retry(email: OutboundEmail) -> str:
     """Why this message cannot be tried again, or "" when it can."""
-    if not email.message_token:
+    if not email.has_body:
         return "It cannot be sent again: its body was removed after delivery."
     if email.status not in RETRYABLE:
         return "Only waiting or failed mail can be retried."
@@ -84,11 +156,9 @@ def retry(email: OutboundEmail) -> bool:
         return False
     recipients = [r if r["status"] == SENT else {**r, "status": PENDING} for r in email.recipients]
     with transaction.atomic():
-        updated = (
-            OutboundEmail.objects.filter(pk=email.pk, status__in=RETRYABLE)
-            .exclude(message_token="")
-            .update(status=Status.QUEUED, next_attempt_at=timezone.now(), recipients=recipients)
-        )
+        updated = OutboundEmail.objects.filter(
+            pk=email.pk, status__in=RETRYABLE, body__isnull=False
+        ).update(status=Status.QUEUED, next_attempt_at=timezone.now(), recipients=recipients)
         if updated:
             transaction.on_commit(enqueue_delivery)
     return bool(updated)
@@ -105,6 +175,7 @@ def cancel(email: OutboundEmail) -> bool:
 
 def purge_sent(older_than: datetime.timedelta) -> int:
     cutoff = timezone.now() - older_than
+    # Bodies and recipients go with them (ON DELETE CASCADE by Django); counts by trigger.
     _, deleted = OutboundEmail.objects.filter(status=Status.SENT, sent_at__lt=cutoff).delete()
     return deleted.get(OutboundEmail._meta.label, 0)  # not counting their attempts
 
@@ -116,10 +187,9 @@ def reencrypt_bodies(batch_size: int = 500) -> tuple[int, int]:
     after = 0
     while True:
         rows = list(
-            OutboundEmail.objects.filter(pk__gt=after)
-            .exclude(message_token="")
+            OutboundBody.objects.filter(pk__gt=after)
             .order_by("pk")
-            .values_list("pk", "message_token")[:batch_size]
+            .values_list("pk", "token")[:batch_size]
         )
         if not rows:
             return done, unreadable
@@ -133,6 +203,4 @@ def reencrypt_bodies(batch_size: int = 500) -> tuple[int, int]:
                     continue
                 # Only where nothing changed meanwhile: a worker may have delivered the message
                 # and dropped its body, which must stay dropped.
-                done += OutboundEmail.objects.filter(pk=pk, message_token=token).update(
-                    message_token=rotated
-                )
+                done += OutboundBody.objects.filter(pk=pk, token=token).update(token=rotated)

@@ -13,7 +13,7 @@ import trustme
 from django.db import connection
 
 from notifications.delivery import Courier
-from notifications.models import DeliveryAttempt, OutboundEmail, Status
+from notifications.models import DeliveryAttempt, OutboundBody, OutboundEmail, Status
 from smtpsettings import store
 from smtpsettings.models import OAuthAccessToken, SmtpSettings
 from smtpsettings.tokencache import SharedTokens
@@ -76,7 +76,8 @@ def assert_delivered_exactly_once(server, count: int) -> None:
 def stored_text() -> str:
     """Everything the database holds about mail and settings, as text."""
     rows = [
-        *OutboundEmail.objects.values_list("last_error", "recipients", "message_token"),
+        *OutboundEmail.objects.values_list("last_error", "recipients"),
+        *OutboundBody.objects.values_list("token"),
         *DeliveryAttempt.objects.values_list("reply", "advice", "step"),
         *OAuthAccessToken.objects.values_list("key", "token", "scope"),
         *SmtpSettings.objects.values_list("oauth_credential_token", "oauth_credential_info"),
