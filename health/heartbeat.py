@@ -104,7 +104,8 @@ def _remember(kind: str, last: Last) -> None:
         "email_id": last.email_id,
         "subject": last.subject,
         "outcome": last.outcome,
-        "reason": last.reason or attempt_reason(last.email_id),
+        "reason": last.reason
+        or (attempt_reason(last.email_id) if kind == LastDelivery.FAILURE else ""),
     }
     # Only over an older one: another worker may have written a later delivery meanwhile.
     if LastDelivery.objects.filter(kind=kind, at__lte=last.at).update(**values):

@@ -219,3 +219,31 @@ def worker_host() -> str:
     import socket
 
     return socket.gethostname()
+
+
+@pytest.mark.django_db
+def test_a_heartbeat_costs_the_same_for_one_delivery_or_a_thousand():
+    """Deliveries are counted in memory (no SQL per message); a heartbeat writes one row per
+    kind of outcome, however many messages it covers."""
+    import datetime
+    from types import SimpleNamespace
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from django.utils import timezone
+
+    deliverystats.take()
+    beat = Heartbeat("test-host:3")
+    beat.beat("idle", {})  # its row exists: later beats update it
+
+    def queries_for(messages: int) -> int:
+        now = timezone.now()
+        for pk in range(messages):
+            email = SimpleNamespace(pk=pk, subject="s", created_at=now - datetime.timedelta(2))
+            deliverystats.give_back(deliverystats.counted_for(email, "sent", None, now))
+        with CaptureQueriesContext(connection) as queries:
+            beat.beat("idle", {"sent": messages})
+        return len(queries)
+
+    queries_for(1)  # the first of each kind creates its tally rows
+    assert queries_for(1000) == queries_for(1)
