@@ -2,9 +2,11 @@
 
 With TASKS_BACKEND=db it runs django-tasks-db's worker; with rq an RQ SimpleWorker on the
 default queue (jobs run in this process, so the SMTP connection outlives a job). Either way a
-thread delivers the outbox (notifications/worker.py). SIGTERM or SIGINT: the message in flight
-is finished, every other claimed message released at once, and the process exits; a second
-signal exits at once, and the message in flight goes out again after its lease.
+thread delivers the outbox (notifications/worker.py), and the lease thread records the
+worker's heartbeat (health/), which the console's banner, Home, /readyz and /metrics read.
+SIGTERM or SIGINT: the message in flight is finished, every other claimed message released at
+once, and the process exits (marked stopped); a second signal exits at once, and the message in
+flight goes out again after its lease.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ class Command(BaseCommand):
         loop = worker.DeliveryLoop()
         loop.start()
         log.info(
-            "Outbox worker %s: sweeping every %ss on the %s task backend",
+            "Outbox worker %s: sweeping every %ss on the %s task backend, a heartbeat every %ss",
             worker.courier().worker,
             loop.interval,
             settings.TASKS_BACKEND,
+            settings.HEALTH_HEARTBEAT_SECONDS,
         )
         try:
             if settings.TASKS_BACKEND == "rq":
