@@ -59,6 +59,9 @@ class Problem:
     text: str
     action: str
     command: str = ""  # a command to run, shown after the action
+    # The server's own words (they may name recipients): shown only to users who may see the
+    # outbox or the SMTP settings.
+    detail: str = ""
     note: str = ""
     settings_link: bool = False  # the fix is on Settings -> SMTP
 
@@ -114,10 +117,10 @@ def problems(
             Problem(
                 "failing",
                 "The SMTP server cannot be reached.",
-                f"{snap.breaker_reason} Mail waits until {_at(snap.breaker_until)}, then "
-                "tries again.",
+                f"Mail waits until {_at(snap.breaker_until)}, then tries again.",
                 "Check Settings → SMTP (Send test e-mail shows each step); saving the "
                 "settings tries again at once.",
+                detail=snap.breaker_reason,
                 settings_link=True,
             )
         )
@@ -127,8 +130,9 @@ def problems(
             Problem(
                 "failing",
                 f"The last {failed_attempts} delivery attempts failed.",
-                newest[2] or "See the Outbox for each message's replies.",
+                "Mail is not being accepted.",
                 "Check the replies in the Outbox and Settings → SMTP (Send test e-mail).",
+                detail=newest[2],
                 settings_link=True,
             )
         )

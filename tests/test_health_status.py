@@ -265,3 +265,21 @@ def alive(now: datetime.datetime) -> None:
 
 def test_statuses_are_the_outbox_statuses():
     assert {"queued", "sending", "failed"} <= set(Status.values)
+
+
+@pytest.mark.django_db
+@FAST_CONSOLE
+@override_settings(HEALTH_FAILED_ATTEMPTS=1)
+def test_the_servers_words_are_shown_only_to_who_may_see_the_outbox_or_settings(client):
+    alive(timezone.now())
+    queue(1)
+    email = OutboundEmail.objects.get()
+    DeliveryAttempt.objects.create(
+        email=email, outcome="failed", reply="carol@example.com: 550 5.1.1 Unknown"
+    )
+    client.force_login(make_user("viewer", "notifications.view_outboundemail"))
+    assert "carol@example.com: 550" in home(client)
+    client.force_login(make_user("inviter", "gatewaymgr.view_invitation"))
+    page = home(client)
+    assert BANNER in page and "The last 1 delivery attempts failed." in page
+    assert "carol@example.com" not in page
