@@ -42,11 +42,6 @@ def favicon(request: HttpRequest) -> HttpResponse:
     return response
 
 
-@login_required
-def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "console/home.html")
-
-
 USERS_PER_PAGE = 50
 
 
