@@ -16,15 +16,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from gatewaymgr.untrusted import UnsafeJson, load_json
 
-from . import ratelimit, tokens
-from .events import MAX_JSON_DEPTH, InvalidEvent
+from . import ratelimit, tokens, triggering
+from .events import MAX_JSON_DEPTH, InvalidEvent, validate
 from .models import EventSource
-from .triggering import trigger
 
 MAX_BODY = 64 * 1024  # bytes; an event is a short notice, and this keeps memory per request small
 
@@ -63,6 +63,20 @@ def read_body(request: HttpRequest) -> tuple[Any, dict[str, list[str]]]:
         return None, {"body": [f"The body is not valid JSON: {problem}."]}
 
 
+def body_errors(body: Any) -> dict[str, list[str]]:
+    """Why the JSON `body` is no event that may be triggered through the API, or {}."""
+    if not isinstance(body, dict):
+        return {"body": ['Expected a JSON object: {"type": ..., "payload": {...}}.']}
+    unknown = sorted(set(body) - {"type", "payload"})
+    if unknown:
+        return {key: ["Unknown key; use type and payload."] for key in unknown}
+    try:
+        validate(body.get("type"), body.get("payload", {}), from_outside=True)
+    except InvalidEvent as invalid:
+        return invalid.errors
+    return {}
+
+
 @csrf_exempt  # authenticated by a bearer token, not a cookie: nothing to forge
 def events_endpoint(request: HttpRequest) -> JsonResponse:
     if request.method != "POST":
@@ -86,24 +100,24 @@ def events_endpoint(request: HttpRequest) -> JsonResponse:
         else:
             why = "The token is unknown or revoked."
         return error(401, {"token": [why]}, WWW_Authenticate='Bearer realm="events"')
-    wait = ratelimit.hit("token:" + token.hash, rate)
-    if wait:
-        return too_many(f"Too many requests with this token: it may make {rate}.", wait)
+    bucket = "token:" + token.hash
+    over_budget = f"Too many requests with this token: it may make {rate}."
     body, errors = read_body(request)
+    if not errors:
+        errors = body_errors(body)
     if errors:
-        return error(400, errors)
-    if not isinstance(body, dict):
-        return error(400, {"body": ['Expected a JSON object: {"type": ..., "payload": {...}}.']})
-    unknown = sorted(set(body) - {"type", "payload"})
-    if unknown:
-        return error(400, {key: ["Unknown key; use type and payload."] for key in unknown})
-    try:
-        event = trigger(
-            body.get("type"), body.get("payload", {}), actor=str(token), source=EventSource.API
+        wait = ratelimit.hit(bucket, rate)  # a bad request counts too
+        return too_many(over_budget, wait) if wait else error(400, errors)
+    integrations = triggering.wanting(body["type"])  # read before the write lock is taken
+    # Counting the request and recording the event is one transaction: one write, not two.
+    with transaction.atomic():
+        wait = ratelimit.hit(bucket, rate)
+        if wait:
+            return too_many(over_budget, wait)
+        event = triggering.record(
+            body["type"], body.get("payload", {}), str(token), EventSource.API, integrations
         )
-    except InvalidEvent as invalid:
-        return error(400, invalid.errors)
-    dispatches = event.dispatches.count()
+    dispatches = event.queued
     return JsonResponse(
         {"id": event.pk, "type": event.type, "integrations": dispatches, "messages": dispatches},
         status=202,

@@ -9,6 +9,7 @@ sends it as one SMTP transaction (one MAIL, a RCPT each, one DATA), not one per 
 from __future__ import annotations
 
 import copy
+import functools
 import re
 import string
 from typing import Any
@@ -92,9 +93,11 @@ class Composer:
         self.spec = CATALOG[event_type]
         self.text = get_template(_template(event_type, "txt"))
         self.html = get_template(_template(event_type, "html"))
-        self.plain = prints_values_plainly(self.text.template) and prints_values_plainly(
-            self.html.template
-        )
+
+    @functools.cached_property
+    def plain(self) -> bool:
+        """Whether both templates may be rendered once per group (prints_values_plainly)."""
+        return all(prints_values_plainly(t.template) for t in (self.text, self.html))
 
     def context(
         self, event: Event, integration: Integration, url: str | None = None

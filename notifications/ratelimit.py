@@ -8,6 +8,7 @@ database, Redis, memcached) makes the limit hold across all web workers.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import time
@@ -73,10 +74,11 @@ def hit(bucket: str, rate: Rate, *, now: float | None = None) -> int | None:
     else None."""
     index, retry_after = window(time.time() if now is None else now, rate)
     key = _key(bucket, rate, index)
-    cache.add(key, 0, timeout=rate.seconds + 1)  # the window ends, the count goes with it
     try:
         used = cache.incr(key)
-    except ValueError:  # expired between add and incr
-        cache.set(key, 1, timeout=rate.seconds + 1)
+    except ValueError:  # the window's first request: the window ends, its count goes with it
         used = 1
+        if not cache.add(key, used, timeout=rate.seconds + 1):
+            with contextlib.suppress(ValueError):  # another process added it meanwhile
+                used = cache.incr(key)
     return retry_after if used > rate.count else None

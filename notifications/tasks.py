@@ -7,7 +7,9 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django_tasks import task
+from django.db import connections, router
+from django.utils import timezone
+from django_tasks import TaskResultStatus, task
 
 from . import worker
 
@@ -41,13 +43,30 @@ def wake_up_waiting() -> bool:
         ids = [as_text(job_id) for job_id in newest]
         jobs = Job.fetch_many(ids, connection=queue.connection)
         return any(job is not None and job.func_name == deliver_outbox.module_path for job in jobs)
-    from django_tasks_db.models import DBTaskResult
+    return _db_task_ready(deliver_outbox.module_path, deliver_outbox.backend)
 
-    return (
-        DBTaskResult.objects.ready()
-        .filter(task_path=deliver_outbox.module_path, backend_name=deliver_outbox.backend)
-        .exists()
+
+def _db_task_ready(task_path: str, backend_name: str) -> bool:
+    """Whether a task of `task_path` is ready to start (DBTaskResult.objects.ready()). Plain
+    SQL: this runs after every commit that stores mail, and building the ORM's query cost
+    more than running it."""
+    from django_tasks_db.models import DBTaskResult, get_date_max
+
+    connection = connections[router.db_for_read(DBTaskResult)]
+    quote, adapt = connection.ops.quote_name, connection.ops.adapt_datetimefield_value
+    column = {
+        name: quote(DBTaskResult._meta.get_field(name).column)
+        for name in ("status", "task_path", "backend_name", "run_after")
+    }
+    sql = (
+        f"SELECT 1 FROM {quote(DBTaskResult._meta.db_table)} WHERE {column['status']} = %s "
+        f"AND {column['task_path']} = %s AND {column['backend_name']} = %s "
+        f"AND ({column['run_after']} = %s OR {column['run_after']} <= %s) LIMIT 1"
     )
+    now, never = adapt(timezone.now()), adapt(get_date_max())
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [TaskResultStatus.READY, task_path, backend_name, never, now])
+        return cursor.fetchone() is not None
 
 
 def ring() -> None:
