@@ -1,12 +1,16 @@
 """Throughput through the outbox with one worker against sending directly, into smtp-sink.
 
-    .venv/bin/python bench/outbox_vs_direct.py [--messages 5000] [--rounds 3]
+    .venv/bin/python bench/outbox_vs_direct.py [--messages 3000] [--rounds 3]
+    .venv/bin/python -m tests.pgcluster -- .venv/bin/python bench/outbox_vs_direct.py
 
-On the embedded default (SQLite, the database task backend, one `manage.py db_worker`):
+On the database DATABASE_URL names (the embedded default, SQLite, when unset), with the
+database task backend and one `manage.py outbox_worker` (the worker scripts/run starts):
 (a) StoredSettingsBackend sends the messages directly over one connection;
-(b) OutboxBackend stores them (100 per transaction, as a bulk invitation would) and one running
+(b) OutboxBackend stores them (100 per transaction, as a bulk invitation would) and the running
     worker delivers them; timed from the first store to the last message marked sent.
-Runs alternate a, b, a, b... and the medians and (b)/(a) are printed. Floor: (b)/(a) >= 0.5.
+Runs alternate a, b, a, b... and the medians and (b)/(a) are printed. Goal: (b)/(a) >= 0.8.
+Then, in this process, the worker's own work is counted: SQL statements per delivered message
+(what a Courier's drain executes, claims included) and its rate without the storing beside it.
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ import django  # noqa: E402
 django.setup()
 
 from django.core.mail import EmailMultiAlternatives  # noqa: E402
-from django.db import transaction  # noqa: E402
+from django.db import connection, transaction  # noqa: E402
 from django_tasks_db.models import DBTaskResult  # noqa: E402
 
 from bench.smtp_throughput import start_sink_and_point_settings_at_it  # noqa: E402
 from notifications.backends import OutboxBackend  # noqa: E402
+from notifications.delivery import Courier  # noqa: E402
 from notifications.models import OutboundEmail, Status  # noqa: E402
 from smtpsettings.backends import StoredSettingsBackend  # noqa: E402
 
@@ -65,41 +70,81 @@ def direct(count: int, round_number: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def through_outbox(count: int, round_number: int) -> tuple[float, float]:
+def store(batch: list[EmailMultiAlternatives]) -> None:
+    backend = OutboxBackend()
+    for start in range(0, len(batch), 100):
+        with transaction.atomic():
+            backend.send_messages(batch[start : start + 100])
+
+
+def through_outbox(
+    count: int, round_number: int, worker: subprocess.Popen, log: Path
+) -> tuple[float, float]:
     OutboundEmail.objects.all().delete()
     DBTaskResult.objects.all().delete()
     batch = invitations(count, round_number)
     started = time.perf_counter()
-    backend = OutboxBackend()
-    for start in range(0, count, 100):
-        with transaction.atomic():
-            backend.send_messages(batch[start : start + 100])
+    store(batch)
     stored = time.perf_counter() - started
     while OutboundEmail.objects.filter(status=Status.SENT).count() < count:
+        if worker.poll() is not None:
+            sys.exit(f"The worker exited ({worker.returncode}):\n{log.read_text()[-3000:]}")
         time.sleep(0.02)
     return count / (time.perf_counter() - started), count / stored
 
 
+def statements_per_message(count: int) -> tuple[float, float, dict[str, int]]:
+    """Drain `count` stored messages in this process (no worker running): statements per
+    delivered message by kind (COMMIT included, BEGIN where the driver needs one sent), and
+    messages per second."""
+    OutboundEmail.objects.all().delete()
+    store(invitations(count, 0))
+    kinds: dict[str, int] = {}
+
+    def counted(execute, sql, params, many, context):
+        kind = sql.split(None, 1)[0].upper()
+        kinds[kind] = kinds.get(kind, 0) + 1
+        return execute(sql, params, many, context)
+
+    def commit(original=connection.commit):  # Django commits outside execute()
+        kinds["COMMIT"] = kinds.get("COMMIT", 0) + 1
+        original()
+
+    courier = Courier(worker="bench:statements")
+    connection.commit = commit
+    started = time.perf_counter()
+    try:
+        with connection.execute_wrapper(counted):
+            handled = courier.drain()
+    finally:
+        elapsed = time.perf_counter() - started
+        del connection.commit
+    courier.close()
+    assert handled == count, f"drained {handled} of {count}"
+    return sum(kinds.values()) / count, count / elapsed, kinds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
     sink, _ = start_sink_and_point_settings_at_it()
+    log = Path(tempfile.mkdtemp(prefix="gatewaymgr-bench-")) / "worker.log"
     worker = subprocess.Popen(
-        [sys.executable, "manage.py", "db_worker", "--interval", "0.05", "--no-startup-delay"],
+        [sys.executable, "manage.py", "outbox_worker", "--interval", "0.05"],
         cwd=ROOT,
         env=os.environ.copy(),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log.open("w"),
     )
     results: dict[str, list[float]] = {"a": [], "b": [], "store": []}
     try:
         time.sleep(2)  # the worker is running before anything is timed, as in production
         for round_number in range(1, args.rounds + 1):
             results["a"].append(direct(args.messages, round_number))
-            end_to_end, storing = through_outbox(args.messages, round_number)
+            end_to_end, storing = through_outbox(args.messages, round_number, worker, log)
             results["b"].append(end_to_end)
             results["store"].append(storing)
             print(
@@ -114,14 +159,25 @@ def main() -> None:
         sink.wait()
     a, b = statistics.median(results["a"]), statistics.median(results["b"])
     print(
-        f"\n{args.messages:,} invitation-sized messages (text + HTML), median of {args.rounds} "
-        "alternating rounds:"
+        f"\n{args.messages:,} invitation-sized messages (text + HTML) on {connection.vendor}, "
+        f"median of {args.rounds} alternating rounds:"
     )
     print(f"  (a) direct, StoredSettingsBackend    {a:>8,.0f} messages/s")
-    print(f"  (b) outbox + one db_worker           {b:>8,.0f} messages/s end to end")
+    print(f"  (b) outbox + one outbox_worker       {b:>8,.0f} messages/s end to end")
     storing = statistics.median(results["store"])
     print(f"      storing in the outbox alone      {storing:>8,.0f} messages/s")
-    print(f"  (b)/(a) = {b / a:.2f}   (floor 0.5)")
+    print(f"  (b)/(a) = {b / a:.2f}   (goal 0.8)")
+
+    drained = min(args.messages, 1000)
+    sink, _ = start_sink_and_point_settings_at_it()
+    try:
+        per_message, rate, kinds = statements_per_message(drained)
+    finally:
+        sink.terminate()
+        sink.wait()
+    shown = ", ".join(f"{kind} {n / drained:.2f}" for kind, n in kinds.items())
+    print(f"  the worker alone, in this process    {rate:>8,.0f} messages/s")
+    print(f"  SQL statements per delivered message: {per_message:.2f} ({shown})")
 
 
 if __name__ == "__main__":
