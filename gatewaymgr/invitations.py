@@ -505,10 +505,10 @@ def with_status(status: str = "") -> QuerySet[Invitation]:
     return rows.filter(status_filter(status, timezone.now())) if status else rows
 
 
-def counts_by_status(cap: int = COUNT_CAP) -> dict[str, int]:
-    """The invitations in each status, each count stopping at cap + 1 ("more than cap"): a
+def counts_by_status() -> dict[str, int]:
+    """The invitations in each status, each count stopping at COUNT_CAP + 1 ("more than"): a
     count reads at most that many entries of its index, however many invitations there are."""
-    now = timezone.now()
+    now, cap = timezone.now(), COUNT_CAP
     return {
         value: Invitation.objects.filter(status_filter(value, now)).order_by()[: cap + 1].count()
         for value in InvitationStatus
@@ -739,13 +739,12 @@ def unfinished_batches() -> list[InvitationBatch]:
     return list(InvitationBatch.objects.filter(finished_at__isnull=True).order_by("created_at"))
 
 
-def recent_batches(shown: int = 5) -> list[InvitationBatch]:
-    """What the Users page shows: every unfinished batch, then the latest finished ones."""
-    running = unfinished_batches()
-    finished = InvitationBatch.objects.filter(finished_at__isnull=False).order_by("-finished_at")[
-        : max(shown - len(running), 1)
-    ]
-    return [*running, *finished]
+def recent_batches(shown: int = 3, days: int = 7) -> list[InvitationBatch]:
+    """What the Users page shows: every unfinished batch, and the latest few finished in the
+    past `days` (with their problems)."""
+    since = timezone.now() - datetime.timedelta(days=days)
+    finished = InvitationBatch.objects.filter(finished_at__gte=since).order_by("-finished_at")
+    return [*unfinished_batches(), *finished[:shown]]
 
 
 def resume_stalled_batches() -> int:
