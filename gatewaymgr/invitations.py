@@ -711,9 +711,13 @@ def run_batch(batch_id: int) -> int:
                 batch.invited += len(report.invited)
                 batch.reinvited += len(report.reinvited)
                 batch.problems += [reason for _, reason in report.refused]
+            fields = ["done", "invited", "reinvited", "problems", "finished_at"]
             if batch.done >= batch.total:
                 batch.finished_at = timezone.now()
-            batch.save(update_fields=["done", "invited", "reinvited", "problems", "finished_at"])
+                # The addresses live on in the invitations and the problems: not kept twice.
+                batch.invitees = []
+                fields.append("invitees")
+            batch.save(update_fields=fields)
         handled += len(chunk)
 
 

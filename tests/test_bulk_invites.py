@@ -141,6 +141,8 @@ def test_a_batch_resumes_where_the_dead_worker_left_it(admin_client, monkeypatch
     assert "60 of 61 invited, 1 problem" in page
     assert "existing@example.com already has an account (existing)" in page
     assert not invitations.unfinished_batches()
+    batch.refresh_from_db()
+    assert batch.invitees == []  # the addresses are not kept twice once invited
 
 
 @pytest.mark.django_db(transaction=True)
