@@ -156,13 +156,14 @@ class OutboundRecipient(models.Model):
     class Meta:
         indexes = [
             # varchar_pattern_ops on PostgreSQL: serves = and LIKE 'prefix%' whatever the
-            # database's collation (ignored elsewhere).
+            # database's collation (ignored elsewhere). email_id second: an address's or a
+            # domain's messages newest first without sorting them (outbox.listing).
             models.Index(
-                fields=["address"],
-                name="outbox_recipient_address",
-                opclasses=["varchar_pattern_ops"],
+                fields=["address", "email"],
+                name="outbox_recipient_address_id",
+                opclasses=["varchar_pattern_ops", "int8_ops"],
             ),
-            models.Index(fields=["domain"], name="outbox_recipient_domain"),
+            models.Index(fields=["domain", "email"], name="outbox_recipient_domain_id"),
         ]
 
     def __str__(self) -> str:
@@ -171,8 +172,8 @@ class OutboundRecipient(models.Model):
 
 class OutboundStatusCount(models.Model):
     """How many outbox messages have each status, kept by database triggers (see
-    notifications.triggers): several rows (shards, id % 8) per status, so concurrent writers
-    rarely wait for one another; a status's count is the sum of its rows. Read by
+    notifications.triggers): up to 8 rows (shards) per status, so concurrent writers rarely
+    wait for one another; a status's count is the sum of its rows. Read by
     outbox.counts_by_status."""
 
     status = models.CharField(max_length=10)
@@ -259,9 +260,10 @@ class Event(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [  # newest first, for keyset pages: all, by type
+        indexes = [  # newest first, for keyset pages: all, by type, by source
             models.Index(fields=["created_at", "id"], name="event_newest"),
             models.Index(fields=["type", "created_at", "id"], name="event_type_newest"),
+            models.Index(fields=["source", "created_at", "id"], name="event_source_newest"),
         ]
 
     def __str__(self) -> str:

@@ -8,13 +8,18 @@
 table (OutboundStatusCount) that database triggers keep, on every INSERT, DELETE and change of
 status of an outbox row, whatever the writer (the ORM, a bulk delete, plain SQL).
 
-Each status has up to 8 rows (shard = id % 8), summed when read, so writers of different
-messages seldom wait for the same row. A decrement only changes an existing row: a table
-emptied by a test's flush (either table first) then stays consistent.
+Each status has up to 8 rows (shards), summed when read (a shard's own figure means nothing
+and may be negative on PostgreSQL), so concurrent writers seldom wait for the same row.
 
-SQLite: row triggers (writers are serialised anyway). PostgreSQL: statement triggers over the
-transition tables, so a bulk insert or purge costs one statement, and each statement takes the
-row locks in (status, shard) order, so two concurrent writers cannot deadlock on them.
+SQLite (writers are serialised anyway): row triggers, shard = id % 8. A decrement only changes
+an existing row: a table emptied by a test's flush (either table first) stays consistent.
+
+PostgreSQL: shard = the writer's backend (pg_backend_pid() % 8), so one transaction touches
+one row per status, whatever rows it writes. INSERT and DELETE: statement triggers over the
+transition tables (a bulk insert or a purge adds one statement, not one per row). A status
+change: a row trigger that fires only when the status changes (UPDATE OF status ... WHEN), so
+the courier's lease renewals and checks cost nothing. Locks are taken in status order within a
+statement. A flush (TRUNCATE of every table) empties both tables at once.
 
 SQLite drops a table's triggers when a migration rebuilds the table (many AlterField and
 RemoveField operations do): after every `migrate`, ensure_triggers() puts them back and
@@ -61,25 +66,41 @@ SQLITE_DROP = [
     "DROP TRIGGER IF EXISTS outbox_count_update",
     "DROP TRIGGER IF EXISTS outbox_count_delete",
 ]
+POSTGRESQL_FUNCTIONS = {
+    "outbox_drop_body": "outbox_drop_body",
+    "outbox_count_insert": "outbox_count_rows",
+    "outbox_count_update": "outbox_count_change",
+    "outbox_count_delete": "outbox_count_rows",
+}
 TRIGGERS = ("outbox_drop_body", "outbox_count_insert", "outbox_count_update", "outbox_count_delete")
 
-# Adds each (status, shard)'s change; rows with no change are left alone (no lock taken).
-_UPSERT = f"""INSERT INTO {COUNTS} (status, shard, n)
-      SELECT status, shard, sum(d) FROM (%s) AS changes
-      GROUP BY status, shard HAVING sum(d) <> 0 ORDER BY status, shard
+# PostgreSQL: a writer's changes go to the shard of its backend (connection), so a transaction
+# touches one row per status, and two transactions wait for each other only when their
+# backends share a shard. Locks are taken in status order, within a statement.
+_SHARD = f"pg_backend_pid() % {SHARDS}"
+_ADD_ROWS = f"""INSERT INTO {COUNTS} (status, shard, n)
+      SELECT status, {_SHARD}, DELTA FROM ROWS GROUP BY status ORDER BY status
       ON CONFLICT (status, shard) DO UPDATE SET n = {COUNTS}.n + EXCLUDED.n"""
-_ADDED = f"SELECT status, id % {SHARDS} AS shard, 1 AS d FROM new_rows"
-_REMOVED = f"SELECT status, id % {SHARDS} AS shard, -1 AS d FROM old_rows"
 POSTGRESQL = [
-    f"""CREATE OR REPLACE FUNCTION outbox_count() RETURNS trigger LANGUAGE plpgsql AS $$
+    # INSERT and DELETE: once per statement, over its rows (a bulk insert or a purge).
+    f"""CREATE OR REPLACE FUNCTION outbox_count_rows() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   IF TG_OP = 'INSERT' THEN
-    {_UPSERT % _ADDED};
-  ELSIF TG_OP = 'DELETE' THEN
-    {_UPSERT % _REMOVED};
+    {_ADD_ROWS.replace("DELTA", "count(*)").replace("ROWS", "new_rows")};
   ELSE
-    {_UPSERT % (_REMOVED + " UNION ALL " + _ADDED)};
+    {_ADD_ROWS.replace("DELTA", "-count(*)").replace("ROWS", "old_rows")};
   END IF;
+  RETURN NULL;
+END
+$$""",
+    # A change of status: per row, and only when the status changes, so the many UPDATEs
+    # that change no status (a lease renewed, the check before each send) cost nothing.
+    f"""CREATE OR REPLACE FUNCTION outbox_count_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO {COUNTS} (status, shard, n)
+    SELECT status, {_SHARD}, d FROM (VALUES (OLD.status, -1), (NEW.status, 1)) AS v(status, d)
+    ORDER BY status
+    ON CONFLICT (status, shard) DO UPDATE SET n = {COUNTS}.n + EXCLUDED.n;
   RETURN NULL;
 END
 $$""",
@@ -92,14 +113,11 @@ $$""",
     f"""CREATE TRIGGER outbox_drop_body AFTER UPDATE OF status ON {OUTBOX} FOR EACH ROW
 WHEN (NEW.status = 'sent' AND OLD.status <> 'sent') EXECUTE FUNCTION outbox_drop_body()""",
     f"""CREATE TRIGGER outbox_count_insert AFTER INSERT ON {OUTBOX}
-REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION outbox_count()""",
-    # PostgreSQL allows no column list (UPDATE OF status) with transition tables: a statement
-    # that changes no status adds nothing (HAVING above).
-    f"""CREATE TRIGGER outbox_count_update AFTER UPDATE ON {OUTBOX}
-REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-FOR EACH STATEMENT EXECUTE FUNCTION outbox_count()""",
+REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION outbox_count_rows()""",
+    f"""CREATE TRIGGER outbox_count_update AFTER UPDATE OF status ON {OUTBOX} FOR EACH ROW
+WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION outbox_count_change()""",
     f"""CREATE TRIGGER outbox_count_delete AFTER DELETE ON {OUTBOX}
-REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION outbox_count()""",
+REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION outbox_count_rows()""",
 ]
 POSTGRESQL_DROP = [
     f"DROP TRIGGER IF EXISTS outbox_drop_body ON {OUTBOX}",
@@ -107,7 +125,8 @@ POSTGRESQL_DROP = [
     f"DROP TRIGGER IF EXISTS outbox_count_insert ON {OUTBOX}",
     f"DROP TRIGGER IF EXISTS outbox_count_update ON {OUTBOX}",
     f"DROP TRIGGER IF EXISTS outbox_count_delete ON {OUTBOX}",
-    "DROP FUNCTION IF EXISTS outbox_count()",
+    "DROP FUNCTION IF EXISTS outbox_count_rows()",
+    "DROP FUNCTION IF EXISTS outbox_count_change()",
 ]
 COUNT_EXISTING = f"""INSERT INTO {COUNTS} (status, shard, n)
 SELECT status, id % {SHARDS}, count(*) FROM {OUTBOX} GROUP BY status, id % {SHARDS}"""
@@ -142,9 +161,11 @@ def present(connection: BaseDatabaseWrapper) -> bool:
     """Whether all the triggers are on the outbox table."""
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
+            # By trigger and function, so that triggers of an earlier definition are replaced.
             cursor.execute(
-                "SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname = ANY(%s)",
-                [OUTBOX, list(TRIGGERS)],
+                "SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid"
+                " WHERE t.tgrelid = %s::regclass AND t.tgname || ':' || p.proname = ANY(%s)",
+                [OUTBOX, [f"{name}:{function}" for name, function in POSTGRESQL_FUNCTIONS.items()]],
             )
         else:
             cursor.execute(

@@ -221,11 +221,15 @@ def test_status_counts_stay_exact_through_every_kind_of_change():
     assert set(outbox.counts_by_status().values()) == {0}
 
 
-def test_counts_are_sharded_so_writers_of_different_messages_touch_different_rows():
+def test_counts_are_sharded_so_concurrent_writers_seldom_share_a_row():
+    """SQLite: by id (8 rows for 16 messages); PostgreSQL: by the writer's connection (one row
+    per status for all this test writes). Read, the shards add up."""
     point_settings_at(TEST_HOST, 2525)
     queue(16)
     rows = OutboundStatusCount.objects.filter(status=Status.QUEUED)
-    assert rows.count() == triggers.SHARDS
+    expected = 1 if connection.vendor == "postgresql" else triggers.SHARDS
+    assert rows.count() == expected
+    assert set(rows.values_list("shard", flat=True)) <= set(range(triggers.SHARDS))
     assert sum(rows.values_list("n", flat=True)) == 16
 
 
@@ -298,7 +302,9 @@ def test_search_by_message_id_and_with_filters(mailbag):
 def test_search_finds_recipients_through_an_index(mailbag, query):
     text = queryset_plan(outbox.search(query=query)[:50])
     assert full_scans(text, "notifications_outboundrecipient") == [], text
-    assert "outbox_recipient_" in text, text
+    # Its address or domain index, or (H-pages, 0011: composite indexes) its email_id index
+    # from the newest messages: on five rows the planner may take either.
+    assert "outbox_recipient_" in text or "outboundrecipient_email_id" in text, text
 
 
 def test_search_by_message_id_uses_its_index(mailbag):
