@@ -4,10 +4,12 @@ task costs at most one sweep interval and nothing is ever scheduled in the task 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 from django.conf import settings
-from django.db import connections, router
+from django.db import connections, router, transaction
 from django.utils import timezone
 from django_tasks import TaskResultStatus, task
 
@@ -24,7 +26,7 @@ def deliver_outbox() -> int:
     if loop is None:
         return worker.sweep()
     if loop.stopping.is_set():  # leave the wake-up to a worker that stays
-        deliver_outbox.enqueue()
+        ring()
     else:
         loop.wake()
     return 0
@@ -74,11 +76,55 @@ def ring() -> None:
     being woken. Never raises: the rows are committed, and every worker's sweep finds them
     within OUTBOX_SWEEP_SECONDS even if the task queue is unreachable."""
     try:
-        if not wake_up_waiting():
-            deliver_outbox.enqueue()
+        if wake_up_waiting():  # the common case in a burst, and only a read
+            return
+        with one_ringer():  # two processes that both found none must not both queue one
+            if not wake_up_waiting():
+                deliver_outbox.enqueue()
     except Exception:
         log.warning(
             "Outbox: could not wake a delivery worker (the task queue is unreachable); the "
             "message is stored and a worker's sweep sends it",
             exc_info=True,
         )
+
+
+# pg_advisory_xact_lock's key for one_ringer(): any constant that nothing else uses.
+RING_LOCK = 0x6D61696C  # "mail"
+
+
+@contextlib.contextmanager
+def one_ringer() -> Iterator[None]:
+    """Held by one process at a time, between finding no wake-up waiting and queueing one."""
+    if settings.TASKS_BACKEND == "rq":
+        import django_rq
+
+        redis = django_rq.get_queue(deliver_outbox.queue_name).connection
+        with redis.lock("gatewaymgr:outbox-ring", timeout=10, blocking_timeout=10):
+            yield
+        return
+    from django_tasks_db.models import DBTaskResult
+
+    alias = router.db_for_write(DBTaskResult)
+    with transaction.atomic(using=alias):
+        connection = connections[alias]
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [RING_LOCK])
+        elif connection.vendor == "sqlite" and not _begins_immediate(connection):
+            # A deferred transaction takes the write lock only at its first write: take it now.
+            with connection.cursor() as cursor:
+                cursor.execute(f"DELETE FROM {_task_table(connection)} WHERE 0 = 1")
+        # The settings' SQLite transactions begin IMMEDIATE: they hold the write lock already.
+        yield
+
+
+def _begins_immediate(connection) -> bool:
+    mode = connection.settings_dict.get("OPTIONS", {}).get("transaction_mode") or ""
+    return mode.upper() in ("IMMEDIATE", "EXCLUSIVE")
+
+
+def _task_table(connection) -> str:
+    from django_tasks_db.models import DBTaskResult
+
+    return connection.ops.quote_name(DBTaskResult._meta.db_table)
