@@ -14,9 +14,10 @@ RCPT with 451 (`--server 451`), or accepts connections and never says a word (`s
 Then `--requests` events are posted to the API (each one commit storing one message) at
 concurrency 8, and the run goes on for `--after` seconds. Every half second it samples the
 task table: the delivery tasks recorded since the start (each a task run, or one waiting to
-run), and how many wait to run (pending wake-ups). And whenever no message is due (nor held
-back by the breaker only) or being sent, it counts that half second as "nothing due", with the task records and the workers' CPU
-time (from /proc) of those moments: an idle worker records no task and uses next to no CPU.
+run), and how many wait to run (pending wake-ups). And whenever no message is due (the
+breaker may hold them all) or being sent, it counts that half second as "nothing due", with
+the task records and the workers' CPU time (from /proc) of those moments: an idle worker
+records no task and uses next to no CPU.
 """
 
 from __future__ import annotations
