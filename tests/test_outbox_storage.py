@@ -446,3 +446,55 @@ def test_queue_email_returns_a_row_that_reads_its_body_without_a_query():
     with CaptureQueriesContext(connection) as queries:
         assert b"here" in email.message_bytes()
     assert len(queries) == 0
+
+
+# --- The migration of an existing outbox ------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migrations_move_bodies_recipients_batches_and_counts():
+    """An outbox from before (bodies in the row, to_text, batch keys) comes out with its bodies
+    in OutboundBody (none for sent mail), a recipient row per address, a batch row per key with
+    its messages linked, and counts equal to a real COUNT; then the triggers keep them."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    from notifications.models import OutboundBatch, OutboundRecipient
+    from smtpsettings import keyring
+
+    before = [("notifications", "0005_breaker")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps.get_model("notifications", "OutboundEmail")
+    bodies = {}
+    for i in range(6):
+        status = ["queued", "sent", "failed"][i % 3]
+        addresses = [f"User{i}@Example.COM", f"other{i}@example.org"]
+        body = f"Subject: {i}\r\n\r\nbody {i}\r\n".encode()
+        row = old.objects.create(
+            status=status,
+            envelope_from="gateway@example.com",
+            message_id=f"<m{i}@example.com>",
+            subject=f"S{i}",
+            recipients=[{"address": a, "status": "pending", "reply": ""} for a in addresses],
+            to_text=" ".join(addresses).lower(),
+            batch="k1" if i < 4 else "",
+            message_token="" if status == "sent" else keyring.encrypt_bytes(body).decode(),
+        )
+        bodies[row.pk] = body
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes("notifications"))
+
+    for email in OutboundEmail.objects.all():
+        if email.status == Status.SENT:
+            assert not email.has_body
+        else:
+            assert email.message_bytes() == bodies[email.pk]
+    assert OutboundRecipient.objects.count() == 12
+    assert subjects(outbox.search(query="user3@example.com")) == ["S3"]
+    (batch,) = OutboundBatch.objects.all()
+    assert (batch.key, batch.total, batch.subject) == ("k1", 4, "S0")
+    assert OutboundEmail.objects.filter(batch=batch).count() == 4
+    assert_counts_exact()
+    assert triggers.present(connection)
+    OutboundEmail.objects.filter(status=Status.QUEUED).update(status=Status.CANCELLED)
+    assert_counts_exact()
