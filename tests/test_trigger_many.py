@@ -81,7 +81,6 @@ def outcome(event: Event) -> list[tuple]:
                 subject,
                 row.envelope_from,
                 row.recipients,
-                row.to_text,
                 row.status,
                 anonymous(text, event),
                 anonymous(html, event),
