@@ -10,19 +10,23 @@ on what the server received, on what was waiting in its input when it handled ea
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from django.core.mail import EmailMessage, get_connection
+from django.db import connection
 
+from notifications.delivery import Courier
+from notifications.models import OutboundEmail, Status
 from smtpsettings.options import parse_options
 from smtpsettings.plan import Encryption, SmtpConfig, plan
 from smtpsettings.problems import SmtpProblem
@@ -93,6 +97,9 @@ class Watching(Recorder):
     refuse_senders: dict[str, str] = field(default_factory=dict)  # sender -> reply to MAIL
     dot_replies: dict[str, str] = field(default_factory=dict)  # recipient -> reply to the dot
     cut_after_dot: set[str] = field(default_factory=set)  # recipient: accept, then hang up
+    # Run (in a thread of its own, with its own database connection) at each final dot,
+    # before the reply, with the dot's recipients.
+    at_dot: Callable[[list[str]], None] | None = None
 
     def note(self, server, verb: str, argument: str) -> None:
         self.seen.append(Seen(verb, argument, len(server._reader._buffer)))
@@ -118,6 +125,8 @@ class Watching(Recorder):
 
     async def handle_DATA(self, server, session, envelope):
         self.note(server, ".", envelope.rcpt_tos[0])
+        if self.at_dot is not None:
+            await asyncio.to_thread(_closing_connection(self.at_dot), list(envelope.rcpt_tos))
         reply = next((self.dot_replies[r] for r in envelope.rcpt_tos if r in self.dot_replies), "")
         if reply:
             return reply
@@ -128,6 +137,16 @@ class Watching(Recorder):
             server.transport.abort()  # taken, and the 250 never reaches the client
             return "250 OK"
         return await super().handle_DATA(server, session, envelope)
+
+
+def _closing_connection(function: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+    def run(recipients: list[str]) -> None:
+        try:
+            function(recipients)
+        finally:
+            connection.close()
+
+    return run
 
 
 def subjects(server) -> list[str]:
@@ -380,3 +399,125 @@ def _wait_for(done, value, seconds: float = 10):
     while not done() and time.monotonic() < deadline:
         time.sleep(0.02)
     return value()
+
+
+# -- the outbox: the next envelope travels with the dot, its content waits for the commit ----
+
+
+def queue_numbered(
+    count: int, to: dict[int, list[str]] | None = None, senders: dict[int, str] | None = None
+) -> list[int]:
+    """Messages "N0".."N{count-1}" to nN@example.com (or to[N]), from the stored sender (or
+    senders[N]), stored in one call; their ids in order."""
+    to, senders = to or {}, senders or {}
+    messages = [
+        EmailMessage(f"N{n}", f"Body {n}", senders.get(n), to.get(n, [f"n{n}@example.com"]))
+        for n in range(count)
+    ]
+    assert get_connection("notifications.backends.OutboxBackend").send_messages(messages) == count
+    return list(OutboundEmail.objects.order_by("id").values_list("id", flat=True))
+
+
+def replies(pk: int) -> dict[str, tuple[str, str]]:
+    email = OutboundEmail.objects.get(pk=pk)
+    return {r["address"]: (r["status"], r["reply"]) for r in email.recipients}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_outbox_pipelines_and_sends_content_only_after_the_previous_commit(settings):
+    """Each envelope but the first travels with the previous final dot; and when a message's
+    content has arrived, the result of the one before it is committed already (a duplicate
+    is possible only between a 250 and its commit)."""
+    settings.OUTBOX_RETRY_FIRST_DELAY = 0
+    uncommitted: list[str] = []
+
+    def earlier_ones_committed(recipients: list[str]) -> None:
+        n = int(recipients[0][1:].split("@")[0])
+        earlier = OutboundEmail.objects.filter(subject__in=[f"N{i}" for i in range(n)])
+        uncommitted.extend(earlier.exclude(status=Status.SENT).values_list("subject", flat=True))
+
+    recorder = Watching(at_dot=earlier_ones_committed)
+    with aiosmtpd_server(recorder=recorder) as server:
+        point_settings_at(server.host, server.port)
+        ids = queue_numbered(6)
+        assert Courier(worker="piped").drain() == 6
+    assert subjects(server) == [f"N{n}" for n in range(6)]
+    assert uncommitted == []
+    assert recorder.ahead(".") == [True] * 5 + [False]
+    assert server.recorder.connections == 1
+    assert [replies(pk) for pk in ids] == [{f"n{n}@example.com": ("sent", "")} for n in range(6)]
+    assert set(OutboundEmail.objects.values_list("status", "attempts")) == {(Status.SENT, 1)}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_lost_after_its_envelope_went_ahead_sends_nothing_of_it(settings):
+    """While N1's envelope waits in the server (sent with N0's dot), another worker takes
+    N1: the check in N0's commit sees it, N1's content never goes, the connection is dropped
+    (the server discards N1's transaction) and N2 goes over a new one."""
+    settings.OUTBOX_RETRY_FIRST_DELAY = 0
+
+    def steal_n1(recipients: list[str]) -> None:
+        if recipients == ["n0@example.com"]:
+            OutboundEmail.objects.filter(subject="N1").update(claimed_by="thief")
+
+    recorder = Watching(at_dot=steal_n1)
+    with aiosmtpd_server(recorder=recorder) as server:
+        point_settings_at(server.host, server.port)
+        queue_numbered(3)
+        Courier(worker="first").drain()
+    assert subjects(server) == ["N0", "N2"]
+    assert [s.argument for s in recorder.seen if s.verb == "RCPT"] == [
+        "n0@example.com",
+        "n1@example.com",  # sent ahead, never followed by its content
+        "n2@example.com",
+    ]
+    assert server.recorder.connections == 2
+    stolen = OutboundEmail.objects.get(subject="N1")
+    assert (stolen.status, stolen.claimed_by, stolen.attempts) == (Status.SENDING, "thief", 0)
+    assert set(OutboundEmail.objects.exclude(subject="N1").values_list("status", flat=True)) == {
+        Status.SENT
+    }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_recipient_keeps_its_reply_from_a_pipelined_group(settings):
+    settings.OUTBOX_RETRY_FIRST_DELAY = 0
+    recorder = Watching(
+        refuse_recipients={"gone@example.com": "550 5.1.1 No such user"},
+        refuse_senders={"bad@example.com": "553 5.7.1 Sender address rejected"},
+        dot_replies={"later@example.com": "451 4.3.0 Try again later"},
+        cut_after_dot={"cut@example.com"},
+    )
+    with aiosmtpd_server(recorder=recorder) as server:
+        point_settings_at(server.host, server.port)
+        ids = queue_numbered(
+            6,
+            to={
+                1: ["a@example.com", "gone@example.com"],
+                2: ["b@example.com"],
+                3: ["later@example.com"],
+                4: ["cut@example.com"],
+            },
+            senders={2: "bad@example.com"},
+        )
+        Courier(worker="piped").drain()
+    n0, n1, n2, n3, n4, n5 = (OutboundEmail.objects.get(pk=pk) for pk in ids)
+    assert replies(n1.pk) == {
+        "a@example.com": ("sent", ""),
+        "gone@example.com": ("refused", "550 5.1.1 No such user"),
+    }
+    assert n1.status == Status.SENT
+    assert (n2.status, replies(n2.pk)) == (
+        Status.FAILED,
+        {"b@example.com": ("refused", "553 5.7.1 Sender address rejected")},
+    )
+    assert "refused the sender address bad@example.com" in n2.last_error
+    assert (n3.status, replies(n3.pk)) == (
+        Status.QUEUED,
+        {"later@example.com": ("pending", "451 4.3.0 Try again later")},
+    )
+    # Taken by the server, its 250 lost with the connection: retried (the explained duplicate).
+    assert n4.status == Status.QUEUED and "closed the connection" in n4.last_error
+    assert (n0.status, n5.status) == (Status.SENT, Status.SENT)
+    assert subjects(server) == ["N0", "N1", "N4", "N5"]
+    assert server.recorder.connections == 2
