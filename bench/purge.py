@@ -43,7 +43,7 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.db.models import Max  # noqa: E402
 
-from bench.pages import next_id, optional, reset_sequences, write  # noqa: E402  (sets Django up)
+from bench.pages import ensure_database, next_id, optional, reset_sequences, write  # noqa: E402  (sets Django up)
 from notifications.models import DeliveryAttempt, OutboundEmail  # noqa: E402
 
 POSTGRES = connection.vendor == "postgresql"
@@ -174,22 +174,23 @@ def mb(n: int) -> str:
 
 
 def run_child(command: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS in MB (ru_maxrss of that very child) and its output."""
+    """Wall seconds, peak RSS in MB (ru_maxrss of that very child) and its last line."""
     began = time.monotonic()
     child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output = child.stdout.read().decode()
     _, status, usage = os.wait4(child.pid, 0)
     seconds = time.monotonic() - began
     if os.waitstatus_to_exitcode(status) != 0:
-        print(f"  the child failed after {seconds:.0f} s:\n{output[-2000:]}")
+        print(f"  the child failed after {seconds:.0f} s:\n{output[-600:]}")
     return seconds, usage.ru_maxrss / 1024, output.strip().splitlines()[-1] if output else ""
 
 
-def vacuum() -> None:
+def vacuum(analyze: bool = False) -> None:
     with connection.cursor() as cursor:
         if POSTGRES:
             for table in tables():
-                cursor.execute(f"VACUUM {connection.ops.quote_name(table)}")
+                verb = "VACUUM ANALYZE" if analyze else "VACUUM"
+                cursor.execute(f"{verb} {connection.ops.quote_name(table)}")
 
 
 def main() -> None:
@@ -197,6 +198,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--old", action="store_true", help="also time the purge before issue 14")
     options = parser.parse_args()
+    ensure_database()
     call_command("migrate", verbosity=0)
     os.environ["DATABASE_URL"] = os.environ.get("DATABASE_URL") or (
         f"sqlite:///{settings.DATABASES['default']['NAME']}"
@@ -204,7 +206,7 @@ def main() -> None:
     print(f"{connection.vendor}, RETENTION_BATCH_SIZE={settings.RETENTION_BATCH_SIZE}")
     fill(options.rows)
     if POSTGRES:
-        vacuum()  # as autovacuum would have, after a year of writes: a fair "before"
+        vacuum(analyze=True)  # as autovacuum would have, after a year of writes
     sizes("before")
     seconds, peak, said = run_child([sys.executable, "manage.py", "purge_outbox"])
     left = OutboundEmail.objects.count()

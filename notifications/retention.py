@@ -141,6 +141,13 @@ KINDS: tuple[Kind, ...] = (
         "pk",
         _invitation,
     ),
+    Kind(
+        "finished bulk invitations",  # a big submission's addresses and progress
+        "gatewaymgr.InvitationBatch",
+        "RETENTION_INVITATIONS_DAYS",
+        "finished_at",
+        lambda cutoff: Q(finished_at__lt=cutoff),
+    ),
     Kind("events", "notifications.Event", "RETENTION_EVENTS_DAYS", "created_at", _event),
     Kind(
         "failed mail",
@@ -211,9 +218,16 @@ def purge(
             return outcome
         batch = due if last is None else due.filter(_after(kind.key, *last))
         with transaction.atomic():
+            if connection.vendor == "postgresql":
+                # Walk the index in key order. With stale statistics (right after a burst,
+                # before autovacuum analyzes) the planner may prefer to collect and sort every
+                # row still due, for each batch: the whole purge would grow with its square.
+                _sorting(False)
             rows = list(
                 batch.select_for_update(skip_locked=True).values_list(kind.key, "pk")[:size]
             )
+            if connection.vendor == "postgresql":
+                _sorting(True)  # the deletes' own triggers sort (the outbox's status counts)
             if not rows:
                 return outcome
             # Locked and matching, so nothing changes them before the commit: keys are enough.
@@ -221,6 +235,11 @@ def purge(
         last = rows[-1]
         outcome.removed += counts.pop(label, 0)
         outcome.with_them.update(counts)
+
+
+def _sorting(allowed: bool) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SET LOCAL enable_sort = {'on' if allowed else 'off'}")
 
 
 def delete_by_pk(model: type[Model], pks: list) -> Counter[str]:
@@ -283,15 +302,15 @@ def _delete_where(model: type[Model], column: str, values: list, counts: Counter
             if dependants:
                 if column != pk:  # the dependants point at these rows' keys: find them
                     cursor.execute(
-                        f"SELECT {quote(pk)} FROM {table} WHERE {quote(column)} IN {_marks(chunk)}",
-                        chunk,
+                        f"SELECT {quote(pk)} FROM {table} WHERE {_in(column, chunk)}",
+                        _params(chunk),
                     )
                     chunk, where = [row[0] for row in cursor.fetchall()], pk
                     if not chunk:
                         continue
                 for relation in dependants:
                     _follow(cursor, relation, table, pk, chunk, counts)
-            cursor.execute(f"DELETE FROM {table} WHERE {quote(where)} IN {_marks(chunk)}", chunk)
+            cursor.execute(f"DELETE FROM {table} WHERE {_in(where, chunk)}", _params(chunk))
             counts[model._meta.label] += cursor.rowcount
 
 
@@ -302,9 +321,7 @@ def _follow(cursor, relation, table: str, pk: str, keys: list, counts: Counter[s
     target = field.target_field.column
     referenced = keys
     if target != pk:  # a key to another unique column: its values, not the primary keys
-        cursor.execute(
-            f"SELECT {quote(target)} FROM {table} WHERE {quote(pk)} IN {_marks(keys)}", keys
-        )
+        cursor.execute(f"SELECT {quote(target)} FROM {table} WHERE {_in(pk, keys)}", _params(keys))
         referenced = [row[0] for row in cursor.fetchall()]
     if field.remote_field.on_delete is CASCADE:
         _delete_where(related, field.column, referenced, counts)
@@ -312,13 +329,21 @@ def _follow(cursor, relation, table: str, pk: str, keys: list, counts: Counter[s
         column = quote(field.column)
         cursor.execute(
             f"UPDATE {quote(related._meta.db_table)} SET {column} = NULL "
-            f"WHERE {column} IN {_marks(referenced)}",
-            referenced,
+            f"WHERE {_in(field.column, referenced)}",
+            _params(referenced),
         )
 
 
-def _marks(values: list) -> str:
-    return "(" + ", ".join(["%s"] * len(values)) + ")"
+def _in(column: str, values: list) -> str:
+    """`column` IN values: one array parameter on PostgreSQL (a short statement, planned
+    quickly), a list of parameters elsewhere (fewer than SQLite's limit: see _chunks)."""
+    if connection.vendor == "postgresql":
+        return f"{connection.ops.quote_name(column)} = ANY(%s)"
+    return f"{connection.ops.quote_name(column)} IN ({', '.join(['%s'] * len(values))})"
+
+
+def _params(values: list) -> list:
+    return [list(values)] if connection.vendor == "postgresql" else list(values)
 
 
 def _chunks(values: list) -> list[list]:
