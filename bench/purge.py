@@ -9,8 +9,8 @@ with --rows sent messages 40 days old, as delivery leaves them (body removed; on
 and one delivery attempt each), plus 1% sent yesterday and 1% still queued with a body, which
 must stay. PostgreSQL is filled with COPY, SQLite with executemany (bench/pages.py's writer,
 which follows the models' columns). Then runs `manage.py purge_outbox` in a child process and
-prints its wall time and peak memory (ru_maxrss of that child, from wait4), the rows left, and
-the sizes of the outbox's tables before and after: on PostgreSQL pg_relation_size (the heap)
+prints its wall time and peak memory (maximum resident set size, from GNU time), the rows left,
+and the sizes of the outbox's tables before and after: on PostgreSQL pg_relation_size (the heap)
 and pg_total_relation_size (with indexes and TOAST), after the purge, after a plain VACUUM,
 and after writing as many new rows as survived a tenth of the purge (plain VACUUM does not
 shrink the files, it makes the space reusable: the new rows fit in it); on SQLite the file and
@@ -174,15 +174,23 @@ def mb(n: int) -> str:
 
 
 def run_child(command: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS in MB (ru_maxrss of that very child) and its last line."""
+    """Wall seconds, peak RSS in MB and the last line of a child's output. The child is started
+    by GNU time, a small process: a child forked straight from this one would report this
+    process's RSS at the fork as its own peak (Linux carries it over into ru_maxrss at exec)."""
     began = time.monotonic()
-    child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    output = child.stdout.read().decode()
-    _, status, usage = os.wait4(child.pid, 0)
+    with tempfile.NamedTemporaryFile("r") as report:
+        child = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", report.name, *command],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        peak_kb = int(report.read().split()[-1])
     seconds = time.monotonic() - began
-    if os.waitstatus_to_exitcode(status) != 0:
+    output = (child.stdout + child.stderr).strip()
+    if child.returncode != 0:
         print(f"  the child failed after {seconds:.0f} s:\n{output[-600:]}")
-    return seconds, usage.ru_maxrss / 1024, output.strip().splitlines()[-1] if output else ""
+    return seconds, peak_kb / 1024, output.splitlines()[-1] if output else ""
 
 
 def vacuum(analyze: bool = False) -> None:
@@ -208,6 +216,8 @@ def main() -> None:
     if POSTGRES:
         vacuum(analyze=True)  # as autovacuum would have, after a year of writes
     sizes("before")
+    _, baseline, _ = run_child([sys.executable, "manage.py", "check"])
+    print(f"(a manage.py command that only starts Django: peak RSS {baseline:.0f} MB)")
     seconds, peak, said = run_child([sys.executable, "manage.py", "purge_outbox"])
     left = OutboundEmail.objects.count()
     print(f"purge_outbox: {seconds:.1f} s, peak RSS {peak:.0f} MB: {said!r}; {left:,} rows left")
