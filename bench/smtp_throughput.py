@@ -96,7 +96,7 @@ def start_sink_and_point_settings_at_it() -> tuple[subprocess.Popen, int]:
 class WithoutLookahead(StoredSettingsBackend):
     """(d): no message is built before the previous one is sent, so no envelope goes ahead."""
 
-    def _try_outgoing(self, messages):
+    def _try_outgoing(self, message):
         return None
 
 

@@ -17,7 +17,7 @@ import copy
 import logging
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.utils import parseaddr
@@ -219,23 +219,30 @@ class StoredSettingsBackend(BaseEmailBackend):
                 return 0
             sent = 0
             messages = list(email_messages)
-            upcoming: Outgoing | None = None
+            # Messages are built ahead: the next one before a message goes, so its envelope
+            # can travel with that message's final dot (PIPELINING), and the one after it
+            # while the server answers. One that cannot be built fails in its turn.
+            built: dict[int, Outgoing | None] = {}
+
+            def build(index: int) -> None:
+                if index < len(messages) and index not in built:
+                    built[index] = self._try_outgoing(messages[index])
+
             try:
                 for index, message in enumerate(messages):
-                    outgoing = upcoming or self._outgoing(message)
-                    # The next one is built first, so its envelope can travel with this one's
-                    # final dot (PIPELINING); if it cannot be built, it fails in its turn.
-                    upcoming = self._try_outgoing(messages[index + 1 : index + 2])
-                    if self._send(outgoing, upcoming):
+                    outgoing = built.pop(index, None) or self._outgoing(message)
+                    build(index + 1)
+                    following = built.get(index + 1)
+                    if self._send(outgoing, following, lambda i=index + 2: build(i)):
                         sent += 1
             finally:
                 if new_connection:
                     self.close()
         return sent
 
-    def _try_outgoing(self, messages: list[EmailMessage]) -> Outgoing | None:
+    def _try_outgoing(self, message: EmailMessage) -> Outgoing | None:
         try:
-            return self._outgoing(messages[0]) if messages else None
+            return self._outgoing(message)
         except Exception:
             return None
 
@@ -253,11 +260,13 @@ class StoredSettingsBackend(BaseEmailBackend):
         data = message.message().as_bytes(linesep="\r\n")
         return Outgoing(envelope_from, recipients, data)
 
-    def _send(self, outgoing: Outgoing | None, following: Outgoing | None) -> bool:
+    def _send(
+        self, outgoing: Outgoing | None, following: Outgoing | None, meanwhile: Callable
+    ) -> bool:
         if outgoing is None:
             return False
         try:
-            refused = self.transport.send(*outgoing, following=following)
+            refused = self.transport.send(*outgoing, following=following, meanwhile=meanwhile)
         except SmtpProblem:
             if not self.fail_silently:
                 raise

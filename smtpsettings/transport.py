@@ -380,6 +380,7 @@ class SmtpTransport:
         data: bytes,
         *,
         following: Outgoing | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> Accepted:
         """Send one message. Returns the refused recipients when others accepted it, with the
         server's final reply; raises SmtpProblem when nobody got it.
@@ -388,12 +389,16 @@ class SmtpTransport:
         with this message's final dot when the server offers PIPELINING: one round trip per
         message. Its content goes only when it is sent, so the caller may record this one's
         result first; if it then sends another message, or closes, the connection is dropped
-        (its server is waiting in DATA) and nothing of `following` is delivered."""
+        (its server is waiting in DATA) and nothing of `following` is delivered.
+
+        `meanwhile` runs once this message is written, before its reply is read: the caller's
+        work overlaps the server's (the backend builds the message after `following`). It
+        must not raise."""
         try:
             ahead = self._resume(sender, recipients, data)
             if ahead is None:
                 self._prepare()
-            refused = self._transaction(sender, recipients, data, ahead, following)
+            refused = self._transaction(sender, recipients, data, ahead, following, meanwhile)
         except SmtpProblem as problem:
             if not _answered(problem):
                 self._discard()  # it broke, the server is closing it, or its replies are astray
@@ -485,6 +490,7 @@ class SmtpTransport:
         data: bytes,
         ahead: _Ahead | None,
         following: Outgoing | None,
+        meanwhile: Callable[[], None] | None,
     ) -> Accepted:
         smtp = self._smtp
         commands = ahead.commands if ahead else self._envelope(smtp, sender, recipients, data)
@@ -523,6 +529,8 @@ class SmtpTransport:
                 smtp.send(wire_format(data) + (_wire(then) if then else b""))
                 if then:
                     self._ahead = _Ahead(then, time.perf_counter())
+                if meanwhile is not None:
+                    meanwhile()
                 code, reply = smtp.getreply()
                 report.reply += f", then {code} {_text(reply)}"
                 report.detail = f"{len(data):,} bytes"
