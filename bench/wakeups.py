@@ -212,6 +212,12 @@ def main() -> None:
     parser.add_argument("--after", type=float, default=60, help="seconds to watch after")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--timeline", action="store_true", help="print every sample too")
+    parser.add_argument(
+        "--retry-delay",
+        default="600",
+        help="OUTBOX_RETRY_FIRST_DELAY: the burst's 451s wait this long, so that after its "
+        "first attempts nothing is due and the worker may go idle (the product's default: 30)",
+    )
     args = parser.parse_args()
 
     handler = SmtpHandler if args.server == "451" else SilentHandler
@@ -225,6 +231,7 @@ def main() -> None:
         "API_RATE_LIMIT": "100000000/minute",
         "ALLOWED_HOSTS": "127.0.0.1",
         "TASKS_BACKEND": "db",
+        "OUTBOX_RETRY_FIRST_DELAY": args.retry_delay,
     }
     database = database_url_for("bench_wakeups")
     if database:
@@ -268,7 +275,10 @@ def main() -> None:
         smtp.shutdown()
         shutil.rmtree(data, ignore_errors=True)
     on = "PostgreSQL" if database else "SQLite"
-    print(f"{on}, SMTP server: {args.server}, {args.workers} outbox_worker, {args.retries} retries")
+    print(
+        f"{on}, SMTP server: {args.server}, {args.workers} outbox_worker, {args.retries} "
+        f"retries waiting, OUTBOX_RETRY_FIRST_DELAY={args.retry_delay}"
+    )
     for line in report:
         print(line)
 

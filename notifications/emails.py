@@ -12,12 +12,15 @@ import copy
 import functools
 import re
 import string
+from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
-from django.template import Engine
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.template.base import FilterExpression, Node, Template, TextNode, Variable, VariableNode
+from django.template.defaultfilters import date as date_filter
 from django.template.defaulttags import (
     AutoEscapeControlNode,
     CommentNode,
@@ -28,6 +31,7 @@ from django.template.defaulttags import (
 from django.template.loader import get_template, select_template
 from django.template.loader_tags import BlockNode, ExtendsNode
 from django.urls import reverse
+from django.utils import timezone, translation
 from django.utils.html import escape
 
 from .events import CATALOG, EventType
@@ -81,23 +85,52 @@ def _text(value: Any) -> str:
 
 
 def compose(event: Event, integration: Integration) -> EmailMultiAlternatives:
-    return Composer(event.type).compose(event, integration)
+    return composer(event.type).compose(event, integration)
+
+
+_composers: dict[str, Composer] = {}
+
+
+def composer(event_type: str) -> Composer:
+    """This process's Composer for `event_type`, whose skeletons outlive a request (with
+    DEBUG a new one each time: templates edited meanwhile are read again)."""
+    if settings.DEBUG:
+        return Composer(event_type)
+    found = _composers.get(event_type)
+    if found is None:
+        found = _composers[event_type] = Composer(event_type)
+    return found
+
+
+@receiver(setting_changed)
+def _forget_composers(**kwargs: Any) -> None:
+    _composers.clear()  # tests change templates, PUBLIC_URL, the time zone...
 
 
 class Composer:
     """Composes the notification e-mails of events of one type. The templates are looked up
-    once; for many events, compose_many() renders them once per group of events that only
-    differ in their text values (see Skeleton), not twice per message."""
+    once, and rendered once per group of events that differ only in their text values, the
+    event's id and link (see Skeleton): for the events of trigger_many(), or for one second's
+    API requests, not twice per message."""
+
+    MAX_SKELETONS = 256  # groups remembered; then it starts over
 
     def __init__(self, event_type: str) -> None:
         self.spec = CATALOG[event_type]
         self.text = get_template(_template(event_type, "txt"))
         self.html = get_template(_template(event_type, "html"))
+        self.skeletons: dict[tuple, Skeleton | None] = {}  # None: the group renders one by one
 
     @functools.cached_property
     def plain(self) -> bool:
         """Whether both templates may be rendered once per group (prints_values_plainly)."""
         return all(prints_values_plainly(t.template) for t in (self.text, self.html))
+
+    @functools.cached_property
+    def to_the_second(self) -> bool:
+        """Whether both templates print the event's time to the second at most: then the
+        events of one second may share a skeleton, not only those of one moment."""
+        return all(prints_time_to_the_second(t.template) for t in (self.text, self.html))
 
     def context(
         self, event: Event, integration: Integration, url: str | None = None
@@ -113,34 +146,35 @@ class Composer:
             + reverse("integrations:edit", args=[integration.pk]),
         }
 
-    def compose(self, event: Event, integration: Integration) -> EmailMultiAlternatives:
+    def render(self, event: Event, integration: Integration) -> EmailMultiAlternatives:
         context = self.context(event, integration)
         return self.message(
             event, integration, self.text.render(context), self.html.render(context)
         )
 
-    def compose_many(self, pairs: list[tuple[Event, Integration]]) -> list[EmailMultiAlternatives]:
-        """compose() for each (event, integration), in order, with the same results."""
+    def compose(self, event: Event, integration: Integration) -> EmailMultiAlternatives:
         if not self.plain:
-            return [self.compose(event, integration) for event, integration in pairs]
-        groups: dict[tuple, list[int]] = {}
-        for index, (event, integration) in enumerate(pairs):
-            groups.setdefault(shape(event, integration), []).append(index)
-        messages: list[EmailMultiAlternatives | None] = [None] * len(pairs)
-        for indexes in groups.values():
-            event, integration = pairs[indexes[0]]
-            first = messages[indexes[0]] = self.compose(event, integration)
-            skeleton = Skeleton(self, event, integration)
-            # Proof by example on top of the template check: the group's first message must
-            # come out of the skeleton exactly as rendered, or the group is rendered one by one.
-            same = skeleton.fill(event) == (first.body, first.alternatives[0].content)
-            for index in indexes[1:]:
-                event, integration = pairs[index]
-                if same:
-                    messages[index] = self.message(event, integration, *skeleton.fill(event))
-                else:
-                    messages[index] = self.compose(event, integration)
-        return messages  # type: ignore[return-value]  # every index was filled
+            return self.render(event, integration)
+        key = group(event, integration, to_the_second=self.to_the_second)
+        if key not in self.skeletons:
+            message = self.render(event, integration)
+            skeleton: Skeleton | None = Skeleton(self, event, integration)
+            # Proof by example on top of the template checks: the group's first message must
+            # come out of the skeleton exactly as rendered, or the group renders one by one.
+            if skeleton.fill(event) != (message.body, message.alternatives[0].content):
+                skeleton = None
+            if len(self.skeletons) >= self.MAX_SKELETONS:
+                self.skeletons.clear()
+            self.skeletons[key] = skeleton
+            return message
+        skeleton = self.skeletons[key]
+        if skeleton is None:
+            return self.render(event, integration)
+        return self.message(event, integration, *skeleton.fill(event))
+
+    def compose_many(self, pairs: list[tuple[Event, Integration]]) -> list[EmailMultiAlternatives]:
+        """compose() for each (event, integration), in order."""
+        return [self.compose(event, integration) for event, integration in pairs]
 
     def message(
         self, event: Event, integration: Integration, text: str, html: str
@@ -174,7 +208,7 @@ def event_url(pk: Any) -> str:
 # shows whether the place it was printed at escapes HTML ("&amp;") or not ("&").
 _SLOT = re.compile("\ue000(\\d+)(&amp;|&)\ue001")
 _CONSTANT_ROOTS = {"spec", "integration", "integration_url"}  # the same within a group
-_CONSTANT_EVENT_FIELDS = {"created_at", "type", "source", "actor"}  # part of shape()
+_CONSTANT_EVENT_FIELDS = {"created_at", "type", "source", "actor"}  # part of group()
 _PLAIN_NODES = (
     TextNode,
     VariableNode,
@@ -191,14 +225,16 @@ def _slot(number: int) -> str:
     return f"\ue000{number}&\ue001"
 
 
-def shape(event: Event, integration: Integration) -> tuple:
+def group(event: Event, integration: Integration, *, to_the_second: bool = False) -> tuple:
     """What must be equal for two events' messages to share a skeleton."""
     fields = tuple(
         (key, "text" if isinstance(value, str) and value else repr(value))
         for key, value in event.payload.items()
     )
-    moment = (event.created_at, event.type, event.source, event.actor)
-    return (integration.pk, moment, fields)
+    moment = event.created_at.replace(microsecond=0) if to_the_second else event.created_at
+    sent_as = tuple(repr(getattr(integration, f.attname)) for f in Integration._meta.fields)
+    where = (timezone.get_current_timezone_name(), translation.get_language())
+    return (sent_as, moment, event.type, event.source, event.actor, where, fields)
 
 
 class Skeleton:
@@ -232,37 +268,66 @@ def prints_values_plainly(template: Template) -> bool:
     are the same for a whole group: then its output is a skeleton with the group's values
     dropped in. Anything else (a filter or a comparison on a payload value, another tag)
     renders one message at a time."""
-    return all(_plain_node(node, template.engine) for node in template.nodelist)
+    for node in _nodes(template):
+        if not isinstance(node, _PLAIN_NODES):
+            return False
+        if isinstance(node, IfNode) and not all(
+            condition is None or isinstance(condition, TemplateLiteral)
+            for condition, _ in node.conditions_nodelists
+        ):
+            return False
+        if isinstance(node, ExtendsNode) and _parent(node) is None:
+            return False
+        if not all(_plain_value(e) for e in _expressions(node)):
+            return False
+    return True
 
 
-def _plain_node(node: Node, engine: Engine) -> bool:
-    if not isinstance(node, _PLAIN_NODES):
-        return False
+def prints_time_to_the_second(template: Template) -> bool:
+    """Whether `template` prints the event's time only through the date filter with a format
+    that stops at seconds (no "u" microseconds, no "c" ISO 8601 with them)."""
+    for node in _nodes(template):
+        for expression in _expressions(node):
+            var = expression.var
+            if not isinstance(var, Variable) or (var.lookups or ())[:2] != ("event", "created_at"):
+                continue
+            if len(var.lookups) > 2 or len(expression.filters) != 1:
+                return False
+            [(function, arguments)] = expression.filters
+            if function is not date_filter or len(arguments) != 1:
+                return False
+            [(is_variable, format_)] = arguments
+            if is_variable or not isinstance(format_, str) or set(format_) & {"u", "c", "\\"}:
+                return False
+    return True
+
+
+def _nodes(template: Template) -> Iterator[Node]:
+    """Every node of `template` and of the templates it extends."""
+    pending = list(template.nodelist)
+    while pending:
+        node = pending.pop()
+        yield node
+        if isinstance(node, ExtendsNode) and (parent := _parent(node)) is not None:
+            pending += template.engine.get_template(parent).nodelist
+        for attribute in node.child_nodelists:
+            pending += getattr(node, attribute, None) or []
+
+
+def _parent(node: ExtendsNode) -> str | None:
+    """The name of the template `node` extends, when it is a plain string."""
+    name = node.parent_name
+    return name.var if not name.filters and isinstance(name.var, str) else None
+
+
+def _expressions(node: Node) -> list[FilterExpression]:
     if isinstance(node, VariableNode):
-        return _plain_value(node.filter_expression)
+        return [node.filter_expression]
+    if isinstance(node, ForNode):
+        return [node.sequence]
     if isinstance(node, IfNode):
-        return all(
-            (condition is None or _plain_condition(condition))
-            and all(_plain_node(n, engine) for n in nodelist)
-            for condition, nodelist in node.conditions_nodelists
-        )
-    if isinstance(node, ForNode) and not _plain_value(node.sequence):
-        return False
-    if isinstance(node, ExtendsNode):
-        parent = node.parent_name
-        if parent.filters or not isinstance(parent.var, str):
-            return False
-        if not prints_values_plainly(engine.get_template(parent.var)):
-            return False
-    return all(
-        _plain_node(child, engine)
-        for attribute in node.child_nodelists
-        for child in getattr(node, attribute, None) or []
-    )
-
-
-def _plain_condition(condition: Any) -> bool:
-    return isinstance(condition, TemplateLiteral) and _plain_value(condition.value)
+        return [c.value for c, _ in node.conditions_nodelists if isinstance(c, TemplateLiteral)]
+    return []
 
 
 def _plain_value(expression: FilterExpression) -> bool:

@@ -7,7 +7,12 @@ import pytest
 from django.template import Engine
 from django.test.signals import template_rendered
 
-from notifications.emails import Composer, compose, prints_values_plainly
+from notifications.emails import (
+    Composer,
+    compose,
+    prints_time_to_the_second,
+    prints_values_plainly,
+)
 from notifications.events import CATALOG, DATETIME, INTEGER, STRINGS, public_types
 from notifications.models import Event, Integration
 
@@ -68,7 +73,10 @@ def test_every_event_type_composes_the_same_in_bulk(event_type, integrations):
         event.created_at = events[0].created_at
     pairs = [(event, integration) for event in events for integration in integrations]
     bulk = Composer(event_type).compose_many(pairs)
-    assert [as_sent(m) for m in bulk] == [as_sent(compose(e, i)) for e, i in pairs]
+    rendered = Composer(event_type)  # each message rendered in full, no skeleton
+    assert [as_sent(m) for m in bulk] == [as_sent(rendered.render(e, i)) for e, i in pairs]
+    again = [compose(e, i) for e, i in pairs]  # the process's composer, its skeletons kept
+    assert [as_sent(m) for m in again] == [as_sent(m) for m in bulk]
 
 
 def test_similar_events_are_rendered_once_per_group(integrations):
@@ -93,6 +101,53 @@ def test_similar_events_are_rendered_once_per_group(integrations):
         template_rendered.disconnect(count)
     # The first message as usual and the skeleton, text and HTML each (with their bases).
     assert len(rendered) <= 8, rendered
+
+
+def test_events_of_one_second_share_a_skeleton_across_calls(integrations):
+    """API requests come one at a time: the process's composer keeps each second's skeleton."""
+    payload = {"api": "orders", "version": "1", "gateway": "gw"}
+    first = Event.objects.create(type="api.deployed", payload=payload, source="api")
+    events = [first] + [
+        Event.objects.create(
+            type="api.deployed",
+            payload={**payload, "version": str(n)},
+            source="api",
+            created_at=first.created_at.replace(microsecond=n),
+        )
+        for n in range(2, 20)
+    ]
+    rendered = []
+
+    def count(sender, **kwargs):
+        rendered.append(sender.name)
+
+    template_rendered.connect(count)
+    try:
+        messages = [compose(event, integrations[0]) for event in events]
+    finally:
+        template_rendered.disconnect(count)
+    assert len(rendered) <= 8, rendered
+    full = Composer("api.deployed")
+    assert [as_sent(m) for m in messages] == [
+        as_sent(full.render(e, integrations[0])) for e in events
+    ]
+
+
+@pytest.mark.parametrize(
+    ("source", "to_the_second"),
+    [
+        ('{{ event.created_at|date:"Y-m-d H:i:s T" }} {{ event.pk }}', True),
+        ("{{ payload.api }}", True),
+        ('{{ event.created_at|date:"H:i:s.u" }}', False),
+        ('{{ event.created_at|date:"c" }}', False),
+        ("{{ event.created_at }}", False),
+        ("{{ event.created_at|time }}", False),
+        ("{{ event.created_at.microsecond }}", False),
+        ("{{ event.created_at|date:fmt }}", False),
+    ],
+)
+def test_which_templates_print_the_time_to_the_second(source, to_the_second):
+    assert prints_time_to_the_second(Engine().from_string(source)) is to_the_second
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from notifications.delivery import Courier
-from notifications.emails import compose
+from notifications.emails import Composer
 from notifications.events import InvalidEvent
 from notifications.models import Category, Dispatch, Event, Integration, OutboundEmail
 from notifications.triggering import trigger, trigger_many
@@ -105,9 +105,9 @@ def test_trigger_many_stores_what_trigger_does_per_payload(integrations):
         )
         assert outcome(bulk) == outcome(single)
         assert [d.integration for d in bulk.dispatches.all()] == integrations
-    # And each body is exactly what compose() renders for its own event.
+    # And each body is exactly what the templates render for its own event.
     for dispatch in Dispatch.objects.filter(event__in=many).select_related("email", "integration"):
-        expected = compose(dispatch.event, dispatch.integration)
+        expected = Composer(INVITED).render(dispatch.event, dispatch.integration)
         subject, text, html = parts(dispatch.email)
         assert (subject, text, html) == (
             expected.subject,
