@@ -129,8 +129,8 @@ def still_mine(worker: str, pk: int) -> bool:
 
 
 # What runs once per message is plain SQL, each statement built once per database: building
-# the ORM's statements cost more than running them. Values go through each field's own
-# conversion for the database (JSON, dates).
+# the ORM's statements cost more than running them. Values other than text, whole numbers and
+# NULL go through their field's own conversion for the database (JSON, dates).
 
 _HELD = "WHERE id = %s AND claimed_by = %s AND status = %s"  # the claim holder's row alone
 _built: dict[tuple, str] = {}
@@ -156,6 +156,15 @@ def _renew_sql(db: BaseDatabaseWrapper) -> str:
     )
 
 
+_AS_IS = {"CharField", "TextField", "PositiveIntegerField", "IntegerField", "ForeignKey"}
+
+
+def _prepared(field, value, db: BaseDatabaseWrapper):
+    if value is None or (type(value) in (str, int) and field.get_internal_type() in _AS_IS):
+        return value
+    return field.get_db_prep_save(value, db)
+
+
 def _renew_params(db: BaseDatabaseWrapper, worker: str, pk: int | None) -> list:
     lease = OutboundEmail._meta.get_field("lease_until").get_db_prep_save(lease_end(), db)
     return [lease, pk, worker, Status.SENDING.value]
@@ -177,7 +186,7 @@ def _record_sql(db: BaseDatabaseWrapper, changes: dict) -> str:
 
 def _record_params(db: BaseDatabaseWrapper, worker: str, pk: int, changes: dict) -> list:
     get = OutboundEmail._meta.get_field
-    values = [get(name).get_db_prep_save(value, db) for name, value in changes.items()]
+    values = [_prepared(get(name), value, db) for name, value in changes.items()]
     return [*values, pk, worker, Status.SENDING.value]
 
 
@@ -206,7 +215,7 @@ def _attempt_sql(db: BaseDatabaseWrapper, select_from: str = "") -> str:
 def _attempt_params(db: BaseDatabaseWrapper, values: dict) -> list:
     """`values` by attribute name (email_id, at, ...); a field not given takes its default."""
     return [
-        f.get_db_prep_save(values[f.attname] if f.attname in values else f.get_default(), db)
+        _prepared(f, values[f.attname] if f.attname in values else f.get_default(), db)
         for f in _attempt_fields()
     ]
 
