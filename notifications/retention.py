@@ -9,11 +9,11 @@ it, so it is kept for good.
 A purge goes in batches, one transaction each: the ids of the next batch are read through an
 index in the order of a key column (keyset: each batch starts where the last one ended, so the
 whole purge reads each row once), locked (SKIP LOCKED on PostgreSQL: a row someone holds waits
-for the next run), and deleted by the ORM's collector from the primary keys alone. The collector
-follows the models' relations, whatever they are: bodies, recipients and attempts go with their
-message, dispatches with their event, and a dispatch whose message goes keeps its event (its
-message becomes NULL). Nothing but keys is read, so memory stays flat at any size, and each
-statement names at most a batch of ids (SQLite's variable limit).
+for the next run), and deleted from the primary keys alone with a few plain statements per
+table that follow the models' relations, whatever they are (delete_by_pk): bodies, recipients
+and attempts go with their message, dispatches with their event, and a dispatch whose message
+goes keeps its event (its message becomes NULL). Nothing but keys is read, so memory stays flat
+at any size, and no statement names more than a batch of ids (SQLite's variable limit).
 
 Every worker's housekeeping calls apply_if_due(). It costs nothing until the next run is due
 (a time kept in the process); then one conditional UPDATE of the one-row retention.DailyRun
