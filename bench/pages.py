@@ -182,6 +182,7 @@ def reset_sequences(*models_: type[models.Model]) -> None:
 class Shapes:
     body: str  # one sealed invitation-sized message, reused: sealing 1M bodies takes minutes
     invitation_type: int
+    batch_ids: int  # bulk send number k is OutboundBatch id batch_ids + k + 1
 
     @classmethod
     def make(cls) -> Shapes:
@@ -193,7 +194,12 @@ class Shapes:
         ) * 2
         message = EmailMessage("You are invited to Gateway Manager", text, to=["a@example.com"])
         body = seal(message.message().as_bytes(linesep="\r\n"))
-        return cls(body=body, invitation_type=ContentType.objects.get_for_model(Invitation).pk)
+        batches = optional("OutboundBatch")
+        return cls(
+            body=body,
+            invitation_type=ContentType.objects.get_for_model(Invitation).pk,
+            batch_ids=next_id(batches) - 1 if batches else 0,
+        )
 
 
 @dataclass(frozen=True)
@@ -214,7 +220,7 @@ class Message:
         kind, batch, cause = n % 50, None, (None, "")
         if kind < 15:
             category = "invitation"
-            if n % BATCH_EVERY < 600:  # 180 invitations in one bulk send every 2,000 messages
+            if n % BATCH_EVERY < BATCH_EVERY * 3 // 10:  # the first 30% of every 2,000
                 batch = n // BATCH_EVERY
             number = n % max(invitations, 1)
             to, subject = [invitee(number)], "You are invited to Gateway Manager"
@@ -236,8 +242,7 @@ class Message:
         return cls(category, to, subject, cause, batch, status)
 
 
-BATCH_EVERY = 2000
-BATCH_SIZE = 180
+BATCH_EVERY = 2000  # messages: one bulk invitation among them (tests make it smaller)
 
 
 def batch_key(number: int) -> str:
@@ -266,7 +271,7 @@ def outbox_rows(shapes: Shapes, start: int, stop: int, invitations: int) -> Iter
             "recipients": [{"address": a, "status": state, "reply": reply} for a in m.to],
             "to_text": " ".join(m.to),
             "batch": "" if m.batch is None else batch_key(m.batch),
-            "batch_id": None if m.batch is None else m.batch + 1,
+            "batch_id": None if m.batch is None else shapes.batch_ids + m.batch + 1,
             "message_token": shapes.body,
             "status": m.status,
             "attempts": {"sent": 1, "failed": 2}.get(m.status, 0),
@@ -293,18 +298,23 @@ def recipient_rows(shapes: Shapes, start: int, stop: int, invitations: int, firs
             pk += 1
 
 
-def batch_rows(start: int, stop: int) -> Iterator[dict]:
-    """A batch is written with the fill that holds its first message (message 0 is never
-    written: ids start at 1)."""
-    for number in range(start // BATCH_EVERY, (stop - 1) // BATCH_EVERY + 1):
-        if start <= max(number * BATCH_EVERY, 1) < stop:
-            yield {
-                "id": number + 1,
-                "key": batch_key(number),
-                "subject": "You are invited to Gateway Manager",
-                "total": BATCH_SIZE,
-                "created_at": T0 + number * BATCH_EVERY * STEP,
-            }
+def batch_rows(shapes: Shapes, start: int, stop: int) -> list[dict]:
+    """The bulk sends of messages start..stop-1 not written yet (one may span two fills). A
+    list, not a generator: the query must not run while COPY holds the connection."""
+    numbers = range(start // BATCH_EVERY, (stop - 1) // BATCH_EVERY + 1)
+    ids = [shapes.batch_ids + number + 1 for number in numbers]
+    made = set(optional("OutboundBatch").objects.filter(id__in=ids).values_list("id", flat=True))
+    return [
+        {
+            "id": shapes.batch_ids + number + 1,
+            "key": batch_key(number),
+            "subject": "You are invited to Gateway Manager",
+            "total": BATCH_EVERY * 3 // 10 * 15 // 50,  # its invitations
+            "created_at": T0 + number * BATCH_EVERY * STEP,
+        }
+        for number in numbers
+        if shapes.batch_ids + number + 1 not in made
+    ]
 
 
 def attempt_rows(start: int, stop: int, first_id: int) -> Iterator[dict]:
@@ -362,14 +372,14 @@ def dispatch_rows(start: int, stop: int, first_id: int, integrations: list[int])
             pk += 1
 
 
-def invitation_rows(start: int, stop: int) -> Iterator[dict]:
+def invitation_rows(start: int, stop: int, first_id: int) -> Iterator[dict]:
     now = datetime.datetime.now(datetime.UTC)
     span = (now - T0) / 200_000
     for n in range(start, stop):
         sent = T0 + n * span
         fate = n % 20
         yield {
-            "id": n + 1,
+            "id": first_id + n - start,
             "email": invitee(n),
             "name": "",
             "token_hash": hashlib.sha256(str(n).encode()).hexdigest(),
@@ -446,10 +456,13 @@ def grow(shapes: Shapes, target: Sizes, vacuum: bool = True) -> None:
         integrations = list(range(1, 9))
     started = time.monotonic()
     # Invitations first: the outbox's invitation messages name them as their cause.
-    write(Invitation, invitation_rows(have_invitations, target.invitations))
+    write(Invitation, invitation_rows(have_invitations, target.invitations, next_id(Invitation)))
     if target.users:
         write(User, user_rows(have_users + 2, target.users + 2))
-    first, stop = have_outbox + 1, target.outbox + 1
+    # Message n is caused by event n (when it is a notification): one id range for both,
+    # past every id already taken (a test's own rows, sequences that a rollback left behind).
+    first = max(next_id(OutboundEmail), next_id(Event))
+    stop = first + max(target.outbox - have_outbox, 0)
     # Tables of the current schema (issue 14 added them), filled when the models exist.
     batches, bodies, recipients = (
         optional("OutboundBatch"),
@@ -457,7 +470,7 @@ def grow(shapes: Shapes, target: Sizes, vacuum: bool = True) -> None:
         optional("OutboundRecipient"),
     )
     if batches:
-        write(batches, batch_rows(first, stop))
+        write(batches, batch_rows(shapes, first, stop))
     write(OutboundEmail, outbox_rows(shapes, first, stop, target.invitations))
     if bodies:
         write(bodies, body_rows(shapes, first, stop))
@@ -466,8 +479,8 @@ def grow(shapes: Shapes, target: Sizes, vacuum: bool = True) -> None:
             recipients,
             recipient_rows(shapes, first, stop, target.invitations, next_id(recipients)),
         )
-    write(DeliveryAttempt, attempt_rows(first, target.outbox + 1, next_id(DeliveryAttempt)))
-    write(Event, event_rows(next_id(Event), target.events + 1))
+    write(DeliveryAttempt, attempt_rows(first, stop, next_id(DeliveryAttempt)))
+    write(Event, event_rows(first, stop))
     write(Dispatch, dispatch_rows(first, target.outbox + 1, next_id(Dispatch), integrations))
     reset_sequences(
         Invitation,

@@ -15,8 +15,9 @@ A cursor is "<microseconds since 1970>_<id>"; one that does not parse gives the 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlencode
 
 from django.db.models import Model, Q, QuerySet
@@ -82,6 +83,50 @@ def newer_than(cursor: Cursor) -> Q:
     )
 
 
+class Source(Protocol):
+    """Where a list's rows come from, in order: a page asks for at most `limit` rows past a
+    cursor (None: from the newest, or from the oldest)."""
+
+    def newest_first(self, older_than: Cursor | None, limit: int) -> list: ...
+
+    def oldest_first(self, newer_than: Cursor | None, limit: int) -> list: ...
+
+
+@dataclass(frozen=True)
+class ByTime:
+    """A queryset, newest first by (created_at, id): the lists' own order and indexes."""
+
+    rows: QuerySet
+
+    def newest_first(self, older: Cursor | None, limit: int) -> list:
+        rows = self.rows.order_by("-created_at", "-id")
+        return list((rows.filter(older_than(older)) if older else rows)[:limit])
+
+    def oldest_first(self, newer: Cursor | None, limit: int) -> list:
+        rows = self.rows.order_by("created_at", "id")
+        return list((rows.filter(newer_than(newer)) if newer else rows)[:limit])
+
+
+@dataclass(frozen=True)
+class ById:
+    """Rows found through another table in id order (the Outbox search, through its recipient
+    index): `ids(newest_first, beyond_id, limit)` gives the ids, `rows` the rows to show.
+    Newest is the highest id; the cursor's time is not used."""
+
+    ids: Callable[[bool, int | None, int], list[int]]
+    rows: QuerySet
+
+    def _load(self, ids: list[int]) -> list:
+        found = self.rows.in_bulk(ids)
+        return [found[pk] for pk in ids if pk in found]
+
+    def newest_first(self, older: Cursor | None, limit: int) -> list:
+        return self._load(self.ids(True, older.id if older else None, limit))
+
+    def oldest_first(self, newer: Cursor | None, limit: int) -> list:
+        return self._load(self.ids(False, newer.id if newer else None, limit))
+
+
 @dataclass
 class Page:
     """One page of rows, newest first, and where the links around it lead."""
@@ -126,28 +171,30 @@ class Page:
 
 
 def page(
-    rows: QuerySet, query: Mapping[str, str], size: int = PAGE_SIZE, keep: tuple[str, ...] = ()
+    rows: QuerySet | Source,
+    query: Mapping[str, str],
+    size: int = PAGE_SIZE,
+    keep: tuple[str, ...] = (),
 ) -> Page:
-    """The page of `rows` the URL's query asks for. `keep` names the query parameters the
-    links carry on (the filters and the search)."""
+    """The page of `rows` (a queryset, listed by time, or a Source) the URL's query asks for.
+    `keep` names the query parameters the links carry on (the filters and the search)."""
+    source = ByTime(rows) if isinstance(rows, QuerySet) else rows
     params = {name: query[name] for name in keep if query.get(name)}
     asked = Request.from_query(query)
-    newest_first = rows.order_by("-created_at", "-id")
-    oldest_first = rows.order_by("created_at", "id")
     if asked.direction == "older":
-        found = list(newest_first.filter(older_than(asked.cursor))[: size + 1])
+        found = source.newest_first(asked.cursor, size + 1)
         return _page(found[:size], more_newer=True, more_older=len(found) > size, params=params)
     if asked.direction == "newer":
         # Fewer than a page of newer rows makes a short newest page: filling it up with older
         # rows would show again rows the reader has just seen.
-        found = list(oldest_first.filter(newer_than(asked.cursor))[: size + 1])
+        found = source.oldest_first(asked.cursor, size + 1)
         more_newer = len(found) > size
         return _page(found[:size][::-1], more_newer=more_newer, more_older=True, params=params)
     if asked.direction == "oldest":
-        found = list(oldest_first[: size + 1])
+        found = source.oldest_first(None, size + 1)
         more_newer = len(found) > size
         return _page(found[:size][::-1], more_newer=more_newer, more_older=False, params=params)
-    found = list(newest_first[: size + 1])
+    found = source.newest_first(None, size + 1)
     return _page(found[:size], more_newer=False, more_older=len(found) > size, params=params)
 
 

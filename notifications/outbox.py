@@ -8,10 +8,12 @@ from dataclasses import dataclass
 
 from django.db import connection, transaction
 from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.functions import Substr
 from django.utils import timezone
 
 from smtpsettings import keyring
 
+from . import keyset
 from .backends import enqueue_delivery
 from .models import (
     OutboundBatch,
@@ -89,6 +91,72 @@ def search(status: str = "", category: str = "", query: str = "") -> QuerySet[Ou
     else:
         return emails
     return emails.filter(id__in=OutboundRecipient.objects.filter(match).values("email_id"))
+
+
+# A search term with at most this many recipient rows is read whole (through its index) and
+# its newest messages sorted out; past it, the term is common enough that walking the
+# recipients newest first meets a page of matches soon. Either way a page reads a bounded
+# number of rows, however long the outbox.
+FEW = 2000
+
+
+def listing(status: str = "", category: str = "", query: str = "") -> QuerySet | keyset.Source:
+    """What the Outbox page pages through (notifications.keyset): search()'s messages, and
+    for a recipient search their ids from OutboundRecipient, newest (highest id) first, so a
+    page never reads every match: "oncall@" may be on half the outbox."""
+    term = parse_query(query)
+    if term.kind in ("", "message-id"):
+        return search(status, category, query)
+    recipients = OutboundRecipient.objects.all()
+    if status:
+        recipients = recipients.filter(email__status=status)
+    if category:
+        recipients = recipients.filter(email__category=category)
+    common = _is_common(term)
+    # A common term walks the email_id index newest first and tests each recipient, rather
+    # than read every match through the address index and sort them all.
+    matching = _matching(recipients, term, indexed=not common)
+    matching = matching.values_list("email_id", flat=True).distinct()
+
+    def ids(newest_first: bool, beyond: int | None, limit: int) -> list[int]:
+        rows = matching.order_by("-email_id" if newest_first else "email_id")
+        if beyond is not None:
+            rows = (
+                rows.filter(email_id__lt=beyond)
+                if newest_first
+                else rows.filter(email_id__gt=beyond)
+            )
+        return list(rows[:limit])
+
+    return keyset.ById(ids, OutboundEmail.objects.all())
+
+
+def _is_common(term: SearchTerm) -> bool:
+    """Whether more than FEW recipients match: at most FEW + 1 of them are read (through the
+    index, or by a scan that meets that many soon), whatever the table holds. No ORDER BY:
+    PostgreSQL's pattern index has no order to offer it."""
+    probes = []
+    if term.kind in ("domain", "domain-or-prefix"):
+        probes.append(OutboundRecipient.objects.filter(domain=term.value))
+    if term.kind in ("prefix", "domain-or-prefix"):
+        probes.append(OutboundRecipient.objects.filter(_prefix("address", term.value)))
+    return any(len(probe.values_list("email_id")[: FEW + 1]) > FEW for probe in probes)
+
+
+def _matching(rows: QuerySet, term: SearchTerm, *, indexed: bool) -> QuerySet:
+    """The recipient rows a term matches. A domain goes through (domain, email_id), already in
+    id order; an address prefix through its index (`indexed`) or, for a common one, by a
+    comparison no index serves, so that the database walks email_id instead."""
+    if indexed:
+        prefix = _prefix("address", term.value)
+    else:
+        rows = rows.alias(address_head=Substr("address", 1, len(term.value)))
+        prefix = Q(address_head=term.value)
+    if term.kind == "domain":
+        return rows.filter(domain=term.value)
+    if term.kind == "domain-or-prefix":
+        return rows.filter(Q(domain=term.value) | prefix)
+    return rows.filter(prefix)
 
 
 def counts_by_status() -> dict[str, int]:

@@ -23,7 +23,7 @@ def outbox_page(request: HttpRequest) -> HttpResponse:
     status = request.GET.get("status", "")
     category = request.GET.get("category", "")
     query = request.GET.get("q", "").strip()
-    emails = outbox.search(
+    emails = outbox.listing(
         status if status in Status.values else "",
         category if category in Category.values else "",
         query,
