@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -249,6 +250,10 @@ def batch_key(number: int) -> str:
     return f"{number:032x}"
 
 
+def message_id(n: int) -> str:
+    return f"<{T0 + n * STEP:%Y%m%d%H%M%S}.{n}@gateway.example.com>"
+
+
 def outbox_rows(shapes: Shapes, start: int, stop: int, invitations: int) -> Iterator[dict]:
     """The rows of messages start..stop-1, in the old schema's columns and the new (write()
     takes those the current model has: batch key or batch_id, to_text, message_token...)."""
@@ -265,7 +270,7 @@ def outbox_rows(shapes: Shapes, start: int, stop: int, invitations: int) -> Iter
             "category": m.category,
             "cause_type_id": m.cause[0],
             "cause_id": m.cause[1],
-            "message_id": f"<{at:%Y%m%d%H%M%S}.{n}@gateway.example.com>",
+            "message_id": message_id(n),
             "subject": m.subject,
             "envelope_from": "gateway@example.com",
             "recipients": [{"address": a, "status": state, "reply": reply} for a in m.to],
@@ -576,6 +581,8 @@ def pages(client: Client, sizes: Sizes) -> list[tuple[str, str]]:
         ("Outbox search: an address", f"/outbox/?q={exact}"),
         ("Outbox search: @domain", "/outbox/?q=%40corp7.example.com"),
         ("Outbox search: start", "/outbox/?q=oncall"),
+        ("Outbox search: @common domain", "/outbox/?q=%40acme.example"),
+        ("Outbox search: Message-ID", f"/outbox/?q={quote(message_id(sizes.outbox // 2))}"),
         ("Outbox search: no match", "/outbox/?q=nobody%40nowhere.example"),
         ("Outbox failed + search", "/outbox/?status=failed&q=%40corp7.example.com"),
         ("Events", "/events/"),
