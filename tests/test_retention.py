@@ -386,3 +386,23 @@ def test_the_workers_apply_it_by_themselves_exactly_one_per_day(workers, tmp_pat
     assert sum(log.count("Retention: applied by") for log in logs()) == 1
     assert sum(log.count("Retention: not due") for log in logs()) == 2
     assert all(process.poll() is None for process in started)
+
+
+def test_asking_between_runs_costs_nothing(monkeypatch):
+    """Every worker asks at each housekeeping (every OUTBOX_SWEEP_SECONDS): when another worker
+    has run it today, this one looks once, then not again until the next run is due."""
+    from notifications import retention
+    from retention.models import DailyRun
+
+    monkeypatch.setattr(retention, "_next_check", 0.0)
+    DailyRun.objects.update_or_create(
+        pk=1, defaults={"started_at": timezone.now(), "worker": "elsewhere:1"}
+    )
+    with CaptureQueriesContext(connection) as first:
+        assert retention.apply_if_due() is False
+    assert 1 <= len(first.captured_queries) <= 2  # the conditional UPDATE, the next due time
+    with CaptureQueriesContext(connection) as later:
+        for _ in range(100):
+            assert retention.apply_if_due() is False
+    assert later.captured_queries == []
+    assert DailyRun.objects.get().worker == "elsewhere:1"
