@@ -18,7 +18,7 @@ from tests.smtpservers import Recorder, smtp_server
 from tests.workers import wait_until
 
 FAST_WORKER = {"HEALTH_HEARTBEAT_SECONDS": "0.2"}
-FAST_CONSOLE = override_settings(HEALTH_HEARTBEAT_SECONDS=0.2, HEALTH_WORKER_TIMEOUT_SECONDS=1.5)
+FAST_CONSOLE = override_settings(HEALTH_HEARTBEAT_SECONDS=0.2, HEALTH_WORKER_TIMEOUT_SECONDS=5)
 
 
 def scrape(client, **headers) -> dict[tuple[str, tuple], float]:

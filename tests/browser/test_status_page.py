@@ -27,9 +27,20 @@ def reload_until(page, locator: str, text: str) -> None:
     expect(page.locator(locator)).to_contain_text(text)
 
 
+def reload_until_gone(page, locator: str) -> None:
+    """Reload until nothing matches `locator` (at most a minute)."""
+    for _ in range(120):
+        page.reload()
+        if page.locator(locator).count() == 0:
+            return
+        page.wait_for_timeout(500)
+    expect(page.locator(locator)).to_have_count(0)
+
+
 def test_the_status_page_follows_the_worker(page, settings, workers):
     settings.HEALTH_HEARTBEAT_SECONDS = 0.2
-    settings.HEALTH_WORKER_TIMEOUT_SECONDS = 1.5
+    # Generous: a loaded machine may hold a heartbeat back for a second or two.
+    settings.HEALTH_WORKER_TIMEOUT_SECONDS = 5
     settings.HEALTH_CACHE_SECONDS = 0
     User.objects.create_superuser("root", "root@example.com", "correct horse battery")
     with smtp_server() as server:
@@ -46,7 +57,7 @@ def test_the_status_page_follows_the_worker(page, settings, workers):
         worker = workers(HEALTH_HEARTBEAT_SECONDS="0.2")
         queue(3, prefix="Welcome")
         reload_until(page, "#last-success", "Welcome")
-        expect(banner).to_have_count(0)
+        reload_until_gone(page, "#delivery-health")
         expect(page.locator("#workers tbody tr").first).to_contain_text("alive")
         expect(page.locator("#count-queued")).to_have_text("0")
         snapshot(page, "status-healthy")
