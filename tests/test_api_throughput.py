@@ -4,11 +4,13 @@ itself is measured by bench/api_throughput.py."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
 import pytest
 from django.core.cache import cache
+from django.core.handlers.wsgi import WSGIHandler
 from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
@@ -104,3 +106,39 @@ def test_bad_requests_count_against_the_tokens_budget_too(client, secret):
     assert refused.status_code == 429 and int(refused["Retry-After"]) >= 1
     assert post(client, secret).status_code == 429
     assert Event.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_requests_reuse_their_database_connection(secret):
+    """Each request used to open a connection of its own and close it at the end: on SQLite
+    that also registers Django's functions and runs the PRAGMAs, on PostgreSQL it starts a
+    server process. Through the WSGI handler, as gunicorn calls it (with the signals that
+    close connections at the end of a request)."""
+    application = WSGIHandler()
+
+    def call() -> str:
+        body = json.dumps(DEPLOYED).encode()
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": URL,
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "80",
+            "HTTP_HOST": "127.0.0.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "CONTENT_TYPE": "application/json",
+            "CONTENT_LENGTH": str(len(body)),
+            "HTTP_AUTHORIZATION": f"Bearer {secret}",
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.url_scheme": "http",
+        }
+        statuses: list[str] = []
+        response = application(environ, lambda status, headers: statuses.append(status))
+        b"".join(response)
+        response.close()  # what gunicorn does: request_finished, which closes old connections
+        return statuses[0]
+
+    assert call().startswith("202")
+    first = connection.connection
+    assert first is not None, "the connection was closed at the end of the request"
+    assert call().startswith("202")
+    assert connection.connection is first
