@@ -23,9 +23,9 @@ from urllib.parse import urlencode
 from django.db.models import Model, Q, QuerySet
 
 PAGE_SIZE = 50
-DIRECTIONS = ("older", "newer", "oldest")
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 MICROSECOND = datetime.timedelta(microseconds=1)
+BIGGEST_ID = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,14 @@ class Cursor:
     def parse(cls, text: str) -> Cursor | None:
         """The cursor in a URL, or None for anything that is not one."""
         micros, _, pk = text.partition("_")
-        if not (micros.lstrip("-").isdigit() and pk.isdigit()) or len(micros) > 18:
+        digits = micros.lstrip("-") + pk
+        if not (digits.isascii() and micros.lstrip("-").isdigit() and pk.isdigit()):
+            return None
+        if int(pk) > BIGGEST_ID:  # past what the databases' id columns hold
             return None
         try:
             return cls(EPOCH + int(micros) * MICROSECOND, int(pk))
-        except OverflowError:
+        except (OverflowError, ValueError):  # a time no datetime holds
             return None
 
 

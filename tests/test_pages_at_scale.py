@@ -109,6 +109,9 @@ def test_a_bad_cursor_gives_the_newest_page(admin_client):
         "?newer=_5",
         "?page=abc",
         "?older=-99999999999999999_3",
+        "?older=1_²",
+        "?newer=١٢_3",
+        "?older=1765000000000000_99999999999999999999999999",
     ):
         response = admin_client.get(OUTBOX + query)
         assert response.status_code == 200, query
