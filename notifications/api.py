@@ -22,7 +22,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from gatewaymgr.untrusted import UnsafeJson, load_json
 
-from . import ratelimit, tokens, triggering
+from . import ratelimit, sqlite_writers, tokens, triggering
 from .events import MAX_JSON_DEPTH, InvalidEvent, validate
 from .models import EventSource
 
@@ -110,7 +110,7 @@ def events_endpoint(request: HttpRequest) -> JsonResponse:
         return too_many(over_budget, wait) if wait else error(400, errors)
     integrations = triggering.wanting(body["type"])  # read before the write lock is taken
     # Counting the request and recording the event is one transaction: one write, not two.
-    with transaction.atomic():
+    with sqlite_writers.queue(), transaction.atomic():
         wait = ratelimit.hit(bucket, rate)
         if wait:
             return too_many(over_budget, wait)

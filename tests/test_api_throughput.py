@@ -4,18 +4,21 @@ itself is measured by bench/api_throughput.py."""
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import re
+import threading
 
 import pytest
 from django.core.cache import cache
 from django.core.handlers.wsgi import WSGIHandler
 from django.db import connection
-from django.test import override_settings
+from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from notifications import sqlite_writers
 from notifications.models import ApiToken, Event, Integration, OutboundEmail
 from notifications.tokens import LAST_USED_PRECISION, create
 
@@ -142,3 +145,29 @@ def test_requests_reuse_their_database_connection(secret):
     assert first is not None, "the connection was closed at the end of the request"
     assert call().startswith("202")
     assert connection.connection is first
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_sqlite_the_apis_writers_wait_in_the_kernels_queue(secret):
+    """Not SQLite's sleep-and-retry: the API's write transaction waits on a file lock beside
+    the database, and goes on as soon as the holder lets go."""
+    path = sqlite_writers.queue_path()
+    if path is None:
+        pytest.skip("only SQLite lets one writer in at a time")
+    answers: list[int] = []
+
+    def request() -> None:
+        try:
+            answers.append(post(Client(), secret).status_code)
+        finally:
+            connection.close()
+
+    with open(path, "a+b") as holder:
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX)  # another gunicorn worker writing
+        waiting = threading.Thread(target=request)
+        waiting.start()
+        waiting.join(1)
+        assert waiting.is_alive() and not Event.objects.exists()
+        fcntl.flock(holder.fileno(), fcntl.LOCK_UN)
+        waiting.join(30)
+    assert answers == [202] and Event.objects.count() == 1
