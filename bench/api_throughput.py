@@ -28,6 +28,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -38,7 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parents[1]
 # The commit before issue 14's API work: the default base.
 DEFAULT_BASE = "1e2bb06407cfb3fa44bf1f371ae7535f8a39a2ee"
-VENV = ROOT / ".venv"
+BIN = Path(sys.executable).parent  # the venv this runs in serves both: .venv-test has it all
 EVENT = json.dumps(
     {
         "type": "api.deployed",
@@ -71,10 +72,11 @@ def database_url_for(name: str) -> str | None:
         return None
     import psycopg
 
-    with psycopg.connect(url, autocommit=True) as connection:
+    parts = urlsplit(url)
+    admin = urlunsplit(parts._replace(path="/postgres"))  # DATABASE_URL's may not exist yet
+    with psycopg.connect(admin, autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
         connection.execute(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
@@ -104,14 +106,14 @@ class Server:
         database = database_url_for(f"bench_api_{self.name}")
         if database:
             self.env["DATABASE_URL"] = database
-        python = str(VENV / "bin" / "python")
+        python = sys.executable
         for command in (["migrate", "-v0"], ["createcachetable"]):
             self.manage(python, *command)
         self.token = self.manage(python, "shell", "-c", SETUP).strip().splitlines()[-1]
         self.port = free_port()
         self.process = subprocess.Popen(
             [
-                str(VENV / "bin" / "gunicorn"),
+                str(BIN / "gunicorn"),
                 "gatewaymgr.wsgi",
                 "--bind",
                 f"127.0.0.1:{self.port}",
