@@ -17,8 +17,14 @@ does both.
 
 from __future__ import annotations
 
+import random
+import re
+import sys
 import uuid
 from collections.abc import Sequence
+from email.generator import BytesGenerator
+from email.message import Message
+from io import BytesIO
 
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
@@ -122,8 +128,52 @@ class OutboxBackend(BaseEmailBackend):
             envelope_from=envelope_sender(message, addressing),
             recipients=[{"address": a, "status": PENDING, "reply": ""} for a in recipients],
         )
-        token = seal(mime.as_bytes(linesep="\r\n"))
+        token = seal(message_bytes(mime))
         return row, token, list(dict.fromkeys(a.lower() for a in recipients))
+
+
+# A header the compat32 policy (Django's messages) writes as it is: printable ASCII, single
+# spaces between words, and short enough (with its name) that no folding happens.
+_PLAIN_HEADER = re.compile(r"[!-~]+(?: [!-~]+)*")
+_BOUNDARY_DIGITS = len(str(sys.maxsize - 1))
+
+
+class _MessageGenerator(BytesGenerator):
+    """The bytes Django's `as_bytes()` gives, at about half the cost: the standard generator
+    folds every header through an email.header.Header (most of its time) and compiles a new
+    regular expression per message to check its random boundary."""
+
+    def _write_headers(self, msg: Message) -> None:
+        policy = self.policy
+        limit = policy.max_line_length or sys.maxsize
+        for name, value in msg.raw_items():
+            if (
+                isinstance(value, str)
+                and len(name) + 2 + len(value) <= limit
+                and _PLAIN_HEADER.fullmatch(value)
+            ):
+                self._fp.write(f"{name}: {value}{policy.linesep}".encode("ascii"))
+            else:
+                self._fp.write(policy.fold_binary(name, value))
+        self.write(self._NL)
+
+    @classmethod
+    def _make_boundary(cls, text: bytes | str | None = None) -> str:
+        # The standard one's form and randomness; a boundary found anywhere in the text is
+        # drawn again (the standard one looks only at whole lines, with a regex per message).
+        while True:
+            boundary = "=" * 15 + f"{random.randrange(sys.maxsize):0{_BOUNDARY_DIGITS}d}" + "=="
+            if text is None:
+                return boundary
+            if (boundary if isinstance(text, str) else boundary.encode("ascii")) not in text:
+                return boundary
+
+
+def message_bytes(mime: Message) -> bytes:
+    """`mime.as_bytes(linesep="\r\n")` as Django's SMTP backend sends it, built faster."""
+    out = BytesIO()
+    _MessageGenerator(out, mangle_from_=False).flatten(mime, linesep="\r\n")
+    return out.getvalue()
 
 
 def stored_addressing() -> Addressing:

@@ -10,6 +10,7 @@ the Django way keeps the password readable. The derived keys also stay readable 
 from __future__ import annotations
 
 import base64
+import functools
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
@@ -49,9 +50,9 @@ def derive_key(secret: str) -> bytes:
     return base64.urlsafe_b64encode(hkdf.derive(secret.encode("utf-8")))
 
 
-def _configured_keys() -> list[Fernet]:
+def _configured_keys(configured: tuple) -> list[Fernet]:
     keys = []
-    for position, key in enumerate(getattr(settings, "SMTP_ENCRYPTION_KEYS", []), start=1):
+    for position, key in enumerate(configured, start=1):
         try:
             keys.append(Fernet(key.strip()))
         except (ValueError, TypeError):
@@ -63,9 +64,20 @@ def _configured_keys() -> list[Fernet]:
 
 
 def key_ring() -> MultiFernet:
-    secrets = [settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS]
-    derived = [Fernet(derive_key(secret)) for secret in secrets]
-    return MultiFernet(_configured_keys() + derived)
+    """The ring for the current settings. Built once per set of keys: deriving a key costs
+    more than encrypting a message, and the outbox seals every message it stores. Keyed on
+    the settings' values, so changing them (rotation, tests' overrides) gives the new ring."""
+    return _ring_for(
+        settings.SECRET_KEY,
+        tuple(settings.SECRET_KEY_FALLBACKS),
+        tuple(getattr(settings, "SMTP_ENCRYPTION_KEYS", [])),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _ring_for(secret: str, fallbacks: tuple, configured: tuple) -> MultiFernet:
+    derived = [Fernet(derive_key(s)) for s in (secret, *fallbacks)]
+    return MultiFernet(_configured_keys(configured) + derived)
 
 
 def encrypt(plaintext: str) -> str:

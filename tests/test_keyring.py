@@ -73,3 +73,20 @@ def test_bytes_under_the_key_ring_round_trip_rotate_and_fail_clearly(settings):
         keyring.reencrypt_bytes(token)
     with pytest.raises(keyring.Undecryptable):  # the password's error is one of these too
         keyring.decrypt("not a token at all")
+
+
+def test_the_keys_are_derived_once_per_key_ring_not_per_message(settings, monkeypatch):
+    """The outbox seals every message it stores: deriving the keys each time cost more than
+    encrypting. Changing the settings still gives the new ring."""
+    derived = []
+    real = keyring.derive_key
+    monkeypatch.setattr(keyring, "derive_key", lambda s: derived.append(s) or real(s))
+    settings.SMTP_ENCRYPTION_KEYS, settings.SECRET_KEY_FALLBACKS = [], []
+    settings.SECRET_KEY = "derived-once-" + "z" * 40
+    tokens = [keyring.encrypt_bytes(b"message %d" % i) for i in range(5)]
+    assert [keyring.decrypt_bytes(t) for t in tokens] == [b"message %d" % i for i in range(5)]
+    assert derived == [settings.SECRET_KEY]
+    settings.SECRET_KEY = "derived-once-rotated-" + "z" * 40
+    with pytest.raises(keyring.Undecryptable):
+        keyring.decrypt_bytes(tokens[0])
+    assert derived[-1] == settings.SECRET_KEY
