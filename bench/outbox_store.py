@@ -5,7 +5,8 @@
 
 On the database DATABASE_URL names (SQLite when unset), in one transaction per call, as
 H-invites' bulk invitations do: invitation-sized messages (text + HTML), each with a cause.
-Prints, per round, the time of the whole call, how much of it building and sealing the
+Prints, per round, the time per message of each step of building one (Django's message(),
+its bytes, sealing), the time of the whole call, how much of it building and sealing the
 messages took (no SQL), the SQL statements it ran and the rows it wrote; then the medians.
 """
 
@@ -52,10 +53,10 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
-from notifications.backends import OutboxBackend  # noqa: E402
-from notifications.models import OutboundEmail  # noqa: E402
+from notifications.backends import OutboxBackend, message_bytes  # noqa: E402
+from notifications.models import OutboundEmail, seal  # noqa: E402
 from smtpsettings import store  # noqa: E402
-from smtpsettings.backends import addressing_of  # noqa: E402
+from smtpsettings.backends import addressed, addressing_of  # noqa: E402
 
 TEXT = ("You have been invited to join Gateway Manager. Follow the link to set a password.\n" * 12)[
     :1000
@@ -75,10 +76,32 @@ def invitations(count: int, round_number: int, cause: User) -> list[EmailMultiAl
     return messages
 
 
+def parts(count: int, round_number: int, cause: User, addressing) -> dict[str, float]:
+    """Seconds for each step of building the messages (what _prepare does, without SQL)."""
+    messages = [addressed(m, addressing) for m in invitations(count, round_number, cause)]
+    started = time.perf_counter()
+    mimes = [message.message() for message in messages]
+    built = time.perf_counter()
+    data = [message_bytes(mime) for mime in mimes]
+    written = time.perf_counter()
+    for item in data:
+        seal(item)
+    return {
+        "message()": built - started,
+        "bytes": written - built,
+        "seal": time.perf_counter() - written,
+    }
+
+
 def one_round(count: int, round_number: int, cause: User) -> tuple[float, float, int]:
     messages = invitations(count, round_number, cause)
     backend = OutboxBackend()
     addressing = addressing_of(store.load())
+    steps = parts(count, round_number, cause, addressing)
+    print(
+        "  per message: " + ", ".join(f"{k} {v / count * 1e6:.0f} us" for k, v in steps.items()),
+        flush=True,
+    )
     started = time.perf_counter()
     for message in invitations(count, round_number, cause):  # the same work, without SQL
         backend._prepare(message, addressing)
