@@ -341,6 +341,7 @@ def hold_queue(worker: str, problem: SmtpProblem, in_flight: int | None = None) 
                 outcome = "failed" if status == Status.FAILED else "partly sent"
             else:
                 outcome = "retry"
+            deliverystats.recorded(email, outcome, problem, now)  # counted once committed
             attempts.append(
                 DeliveryAttempt(
                     email=email,
