@@ -233,7 +233,9 @@ def cached_health() -> Health:
     global _cached
     ttl = settings.HEALTH_CACHE_SECONDS
     with _cache_lock:
-        if _cached is not None and time.monotonic() - _cached[0] < ttl:
+        # A negative age: computed under another clock (one stepped back, or a test's frozen
+        # time). Such an entry is stale whatever its age says.
+        if _cached is not None and 0 <= time.monotonic() - _cached[0] < ttl:
             return _cached[1]
     health = current_health()
     with _cache_lock:

@@ -27,3 +27,13 @@ def admin_user(db) -> User:
 def admin_client(client, admin_user):
     client.force_login(admin_user)
     return client
+
+
+@pytest.fixture(autouse=True)
+def fresh_health_banner():
+    """Each test computes the delivery health banner afresh: one cached by the test before
+    (for HEALTH_CACHE_SECONDS) describes that test's database, not this one's."""
+    from health.status import forget_cached
+
+    forget_cached()
+    yield

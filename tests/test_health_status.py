@@ -11,6 +11,7 @@ import socket
 import pytest
 from django.test import override_settings
 from django.utils import timezone
+from freezegun import freeze_time
 
 from health import status
 from health.models import WorkerHeartbeat
@@ -283,3 +284,15 @@ def test_the_servers_words_are_shown_only_to_who_may_see_the_outbox_or_settings(
     page = home(client)
     assert BANNER in page and "The last 1 delivery attempts failed." in page
     assert "carol@example.com" not in page
+
+
+@pytest.mark.django_db
+def test_a_banner_computed_under_another_clock_is_not_kept(admin_client, settings):
+    """A page rendered while the clock read otherwise (freezegun in a test, a clock stepped
+    back) must not pin its banner: the cache's age came out negative, and the stale banner
+    stayed for good."""
+    settings.HEALTH_CACHE_SECONDS = 5
+    with freeze_time("2026-11-25 22:00:00"):
+        assert BANNER in home(admin_client)  # no worker yet
+    alive(timezone.now())
+    assert BANNER not in home(admin_client)
