@@ -36,23 +36,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gatewaymgr.settings")
 os.environ.setdefault("SECRET_KEY", "bench-secret-key-not-for-production-0123456789abcdef")
 
 
-def create_database() -> None:
-    """tests.pgcluster's fresh server has no database of the URL's name yet: make it."""
-    url = os.environ.get("DATABASE_URL", "")
-    if not url.startswith("postgres") or "--child" in sys.argv:
-        return
-    from urllib.parse import urlsplit
-
-    import psycopg
-
-    name = urlsplit(url).path.lstrip("/")
-    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as server:
-        if not server.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            server.execute(f'CREATE DATABASE "{name}"')
-
-
-create_database()
-
 import django  # noqa: E402
 
 django.setup()

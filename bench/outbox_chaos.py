@@ -50,8 +50,7 @@ def main() -> int:
     from tests.redis_server import temporary_redis
 
     with ExitStack() as stack:
-        url = stack.enter_context(temporary_cluster())
-        create_database(url)
+        url = stack.enter_context(temporary_cluster())  # with the database the URL names
         os.environ["DATABASE_URL"] = url
         os.environ["TASKS_BACKEND"] = options.backend
         if options.backend == "rq":
@@ -65,14 +64,6 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
         )
         return run(options, stack)
-
-
-def create_database(url: str) -> None:
-    import psycopg
-
-    server, name = url.rsplit("/", 1)
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
 
 
 def run(options: argparse.Namespace, stack: ExitStack) -> int:

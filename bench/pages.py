@@ -605,21 +605,6 @@ def pages(client: Client, sizes: Sizes) -> list[tuple[str, str]]:
     ]
 
 
-def ensure_database() -> None:
-    """tests/pgcluster.py's server has no database of the URL's name yet: create it."""
-    if not POSTGRES:
-        return
-    import psycopg
-
-    db = settings.DATABASES["default"]
-    server = {"host": db["HOST"], "port": db["PORT"] or 5432, "user": db["USER"]}
-    with psycopg.connect(
-        dbname="postgres", password=db["PASSWORD"], autocommit=True, **server
-    ) as c:
-        if not c.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]).fetchone():
-            c.execute(f'CREATE DATABASE "{db["NAME"]}"')
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
@@ -627,7 +612,6 @@ def main() -> None:
     options = parser.parse_args()
     sizes = [int(s) for s in options.sizes.split(",")]
     settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
-    ensure_database()
     call_command("migrate", verbosity=0)
     database = "PostgreSQL" if POSTGRES else "SQLite"
     print(f"{database}, {options.requests} requests per page, Django test client in-process")

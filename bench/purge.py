@@ -43,7 +43,7 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.db.models import Max  # noqa: E402
 
-from bench.pages import ensure_database, next_id, optional, reset_sequences, write  # noqa: E402  (sets Django up)
+from bench.pages import next_id, optional, reset_sequences, write  # noqa: E402  (sets Django up)
 from notifications.models import DeliveryAttempt, OutboundEmail  # noqa: E402
 
 POSTGRES = connection.vendor == "postgresql"
@@ -206,7 +206,6 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--old", action="store_true", help="also time the purge before issue 14")
     options = parser.parse_args()
-    ensure_database()
     call_command("migrate", verbosity=0)
     os.environ["DATABASE_URL"] = os.environ.get("DATABASE_URL") or (
         f"sqlite:///{settings.DATABASES['default']['NAME']}"

@@ -65,27 +65,9 @@ def start_sink(port: int, cpu: int | None = None) -> subprocess.Popen:
     sys.exit("smtp-sink did not start")
 
 
-def create_database_if_missing() -> None:
-    """A fresh PostgreSQL (python -m tests.pgcluster -- ...) has no database of ours yet."""
-    from django.db import OperationalError, connection
-
-    if connection.vendor != "postgresql":
-        return
-    try:
-        connection.ensure_connection()
-    except OperationalError:
-        import psycopg
-
-        params = connection.get_connection_params()
-        name = params.pop("dbname")
-        with psycopg.connect(**{**params, "dbname": "postgres"}, autocommit=True) as server:
-            server.execute(f'CREATE DATABASE "{name}"')
-
-
 def start_sink_and_point_settings_at_it(cpu: int | None = None) -> tuple[subprocess.Popen, int]:
     """Migrate, start smtp-sink on a free port (on CPU `cpu` alone if given), and aim the
     stored settings at it."""
-    create_database_if_missing()
     call_command("migrate", verbosity=0)
     port = free_port()
     sink = start_sink(port, cpu)

@@ -81,6 +81,13 @@ def temporary_cluster() -> Iterator[str]:
             [*as_user, pg_ctl, "-D", data, "-l", log, "-w", "-o", options, "start"], **quiet
         )
         try:
+            # The database the URL names exists, so a bench or `manage.py migrate` can use it
+            # as it is; the test run makes its own test_ database beside it.
+            createdb = find("createdb")
+            subprocess.run(
+                [*as_user, createdb, "-h", root, "-p", str(port), "-U", "postgres", "gatewaymgr"],
+                **quiet,
+            )
             yield f"postgres://postgres@127.0.0.1:{port}/gatewaymgr"
         finally:
             subprocess.run([*as_user, pg_ctl, "-D", data, "-m", "immediate", "stop"], **quiet)
