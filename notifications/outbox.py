@@ -243,13 +243,6 @@ def cancel(email: OutboundEmail) -> bool:
     )
 
 
-def purge_sent(older_than: datetime.timedelta) -> int:
-    cutoff = timezone.now() - older_than
-    # Bodies and recipients go with them (ON DELETE CASCADE by Django); counts by trigger.
-    _, deleted = OutboundEmail.objects.filter(status=Status.SENT, sent_at__lt=cutoff).delete()
-    return deleted.get(OutboundEmail._meta.label, 0)  # not counting their attempts
-
-
 def reencrypt_bodies(batch_size: int = 500) -> tuple[int, int]:
     """Move every stored body to the newest key, a batch per transaction so workers keep
     going meanwhile. Returns (re-encrypted, undecryptable)."""
