@@ -12,6 +12,7 @@ SQLite's way). Nothing happens on other databases.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +32,11 @@ def queue_path() -> Path | None:
     memory or on another server."""
     if connection.vendor != "sqlite" or fcntl is None:
         return None
-    name = str(connection.settings_dict["NAME"])
+    return _path_beside(str(connection.settings_dict["NAME"]))
+
+
+@functools.lru_cache(maxsize=8)
+def _path_beside(name: str) -> Path | None:
     if not name or name == ":memory:" or name.startswith("file:"):
         return None
     return Path(name + "-api-writers")
@@ -53,3 +58,9 @@ def queue() -> Iterator[None]:
         yield
     finally:
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def turn() -> contextlib.AbstractContextManager[None]:
+    """queue() for a write transaction about to begin; nothing inside one already, which may
+    hold SQLite's lock: waiting for the queue then could wait for a writer that waits for us."""
+    return contextlib.nullcontext() if connection.in_atomic_block else queue()

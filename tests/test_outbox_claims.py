@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections import Counter
 from dataclasses import dataclass
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 
@@ -26,7 +24,7 @@ from notifications.policy import record_problem, settle
 from smtpsettings import store
 from smtpsettings.forms import SmtpSettingsForm
 from smtpsettings.problems import SmtpProblem
-from tests.outbox import point_settings_at, queue
+from tests.outbox import in_thread, point_settings_at, queue
 from tests.smtpservers import Received, Recorder, free_port, require_test_host, smtp_server
 from tests.workers import wait_until
 
@@ -45,28 +43,6 @@ def message_ids(server) -> Counter:
 
 def statuses() -> Counter:
     return Counter(OutboundEmail.objects.values_list("status", flat=True))
-
-
-@contextlib.contextmanager
-def in_thread(target):
-    """Run `target` in a thread with its own database connection; join it on the way out."""
-    errors: list[BaseException] = []
-
-    def run():
-        try:
-            target()
-        except BaseException as error:  # handed to the test
-            errors.append(error)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    try:
-        yield thread
-    finally:
-        thread.join(60)
-    assert not errors, errors
 
 
 # -- 1. a claim is renewed while worked on, and re-checked before each send ------------------
