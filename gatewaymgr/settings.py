@@ -135,6 +135,11 @@ OUTBOX_RETRY_FIRST_DELAY = env.float("OUTBOX_RETRY_FIRST_DELAY", default=30)
 # it bounds how long a dead worker's messages wait, not how long a send may take.
 OUTBOX_LEASE_SECONDS = env.int("OUTBOX_LEASE_SECONDS", default=45)
 OUTBOX_BATCH_SIZE = env.int("OUTBOX_BATCH_SIZE", default=100)
+# A delivery is committed alone as its attempt, at once; the messages' rows are marked Sent
+# together: after this many deliveries, with the first delivery this many seconds after the
+# oldest, and at each batch's end (notifications.delivery.commit_sent). Until then: Sending.
+OUTBOX_SETTLE_EVERY = env.int("OUTBOX_SETTLE_EVERY", default=64)
+OUTBOX_SETTLE_SECONDS = env.float("OUTBOX_SETTLE_SECONDS", default=1.0)
 OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=30)
 # Each worker looks for due mail and expired leases at least this often, whatever the task
 # queue holds (notifications/worker.py); finished task records are kept this long.

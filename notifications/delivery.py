@@ -10,10 +10,18 @@ records the previous message, so it costs no commit of its own.
 Each result is committed right after the server's reply: a duplicate is possible only when
 a worker dies between the server's 250 and that commit. Messages of a worker that died are
 claimed again once its lease runs out; a worker that is stopped or interrupted gives its
-messages back at once. The UPDATE that records delivery also drops the body (a database
-trigger, notifications.triggers), so that costs no statement of its own. Recording a result,
-its attempt and the check of the next claim is one statement on PostgreSQL (no BEGIN or COMMIT
-to wait for), three in one transaction on SQLite.
+messages back at once. The check of the next claim rides in the same transaction.
+
+A message every recipient got (the common case) is committed as its "sent" attempt alone
+(commit_sent): an appended row, where changing the outbox row also changes its indexes, its
+status count and its body, which cost most of a commit. That attempt is the result: the rows
+are marked Sent together afterwards (settle_sent: OUTBOX_SETTLE_EVERY deliveries or
+OUTBOX_SETTLE_SECONDS, and each batch's end), and every path that could send a message again
+first settles the ones whose acceptance is committed (settle_accepted: a claim of expired
+leases, a worker giving its messages back, an outage holding the queue). The UPDATE that marks
+a message Sent also drops its body (a database trigger, notifications.triggers). Any other
+result (refused recipients, a retry, a failure) is committed with its row at once
+(commit_result): one statement on PostgreSQL, one transaction on SQLite.
 
 With a server that offers PIPELINING, the next message's MAIL, RCPT and DATA travel with the
 previous message's final dot (RFC 2920), so a message costs one round trip; its content goes
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import logging
 import os
 import socket
@@ -41,7 +50,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
@@ -51,7 +60,7 @@ from smtpsettings.backends import transport_for
 from smtpsettings.problems import SmtpProblem
 from smtpsettings.transport import Outgoing, SmtpTransport
 
-from . import deliverystats
+from . import deliverystats, sqlite_writers
 from .models import BodyUnavailable, Breaker, DeliveryAttempt, OutboundEmail, Status
 from .policy import (
     RetryPolicy,
@@ -83,10 +92,18 @@ def lease_end() -> datetime.datetime:
 
 def due(cutoff: datetime.datetime, now: datetime.datetime):
     """Messages a worker may claim: queued and due by `cutoff`, or held by a worker whose
-    lease has run out."""
+    lease has run out, unless that worker committed its acceptance (it is sent: a claim that
+    looked before that commit finds it locked, one that looks after finds the attempt)."""
     return OutboundEmail.objects.filter(
         Q(status=Status.QUEUED, next_attempt_at__lte=cutoff)
-        | Q(status=Status.SENDING, lease_until__lt=now)
+        | (Q(status=Status.SENDING, lease_until__lt=now) & ~Exists(_accepted_attempt()))
+    )
+
+
+def _accepted_attempt():
+    """The committed acceptance of an outbox row (see commit_sent), by its holder."""
+    return DeliveryAttempt.objects.filter(
+        email=OuterRef("pk"), outcome="sent", worker=OuterRef("claimed_by")
     )
 
 
@@ -95,7 +112,8 @@ def claim(worker: str, size: int, cutoff: datetime.datetime | None = None) -> li
     before each send (still_mine), so a worker killed with a batch charges only the message it
     was sending (which is not tried forever if it is what kills workers)."""
     now = timezone.now()
-    with transaction.atomic():
+    with sqlite_writers.turn(), transaction.atomic():
+        settle_accepted(OutboundEmail.objects.filter(lease_until__lt=now))
         candidates = due(cutoff or now, now).order_by("next_attempt_at", "id")
         if connection.features.has_select_for_update_skip_locked:
             candidates = candidates.select_for_update(skip_locked=True)
@@ -160,9 +178,14 @@ _AS_IS = {"CharField", "TextField", "PositiveIntegerField", "IntegerField", "For
 
 
 def _prepared(field, value, db: BaseDatabaseWrapper):
-    if value is None or (type(value) in (str, int) and field.get_internal_type() in _AS_IS):
+    if value is None or (type(value) in (str, int) and _as_is(field)):
         return value
     return field.get_db_prep_save(value, db)
+
+
+@functools.cache
+def _as_is(field) -> bool:
+    return field.get_internal_type() in _AS_IS
 
 
 def _renew_params(db: BaseDatabaseWrapper, worker: str, pk: int | None) -> list:
@@ -190,6 +213,7 @@ def _record_params(db: BaseDatabaseWrapper, worker: str, pk: int, changes: dict)
     return [*values, pk, worker, Status.SENDING.value]
 
 
+@functools.cache
 def _attempt_fields() -> list:
     opts = DeliveryAttempt._meta
     return [f for f in opts.concrete_fields if f is not opts.pk]
@@ -237,29 +261,163 @@ def commit_result(
     renew = _renew_params(db, worker, check)
     add = _attempt_params(db, {"email_id": pk, **attempt})
     if db.vendor == "postgresql":
-        sql = _sql(
-            db,
-            ("commit", *changes),
-            lambda q: (
-                f"WITH recorded AS ({_record_sql(db, changes)} RETURNING id),"
-                f" attempt AS ({_attempt_sql(db, select_from='recorded')}),"
-                f" following AS ({_renew_sql(db)} RETURNING id)"
-                " SELECT (SELECT count(*) FROM recorded), (SELECT count(*) FROM following)"
-            ),
-        )
+        recorded = f"{_record_sql(db, changes)} RETURNING id"
+        return _postgresql_commit(db, ("commit", *changes), recorded, [*record, *add, *renew])
+    # The attempt only if the row was recorded: changes() counts what the UPDATE before it did.
+    statements = [
+        (_record_sql(db, changes), record),
+        (_attempt_sql(db, "(SELECT changes() AS n) WHERE n = 1"), add),
+    ]
+    if check is not None:
+        statements.append((_renew_sql(db), renew))
+    counts = _sqlite_transaction(db, statements)
+    return counts[0] == 1, check is not None and counts[2] == 1
+
+
+def commit_sent(worker: str, pk: int, attempt: dict, check: int | None) -> tuple[bool, bool]:
+    """The common case, accepted for every recipient: commit only the attempt that says so
+    (if `worker` still holds message `pk`) and, in the same transaction, the check of `check`
+    as commit_result() does. That committed attempt is the message's result: from then on it
+    is sent, whatever happens to this worker. Its row still says Sending until settle_sent()
+    settles it with others in one transaction (or settle_accepted(), for a worker that died
+    first); every path that could send it again settles it first. A row of the outbox costs
+    its indexes, status counts and body in every commit that changes it; an attempt appended
+    costs a page or two, so a message costs one small commit.
+
+    Returns whether the attempt was recorded, and whether `check` is still ours."""
+    db = connections[DEFAULT_DB_ALIAS]
+    add = _attempt_params(db, {"email_id": pk, **attempt})
+    held = [pk, worker, Status.SENDING.value]
+    renew = _renew_params(db, worker, check)
+    if db.vendor == "postgresql":
+        # The row is locked while the attempt is added, so a claim of its expired lease either
+        # waits and then sees the attempt (due() leaves it out), or took it first (and the
+        # attempt is not added: the message is no longer ours, as in commit_result()).
+        held_row = f"SELECT id FROM {_outbox(db)} {_HELD} FOR UPDATE"
+        return _postgresql_commit(db, ("sent",), held_row, [*held, *add, *renew])
+    statements = [(_attempt_sql(db, select_from=f"{_outbox(db)} {_HELD}"), [*add, *held])]
+    if check is not None:
+        statements.append((_renew_sql(db), renew))
+    counts = _sqlite_transaction(db, statements)
+    return counts[0] == 1, check is not None and counts[1] == 1
+
+
+def _postgresql_commit(
+    db: BaseDatabaseWrapper, key: tuple, recorded: str, params: list
+) -> tuple[bool, bool]:
+    """One statement, so its own transaction (one round trip, no BEGIN or COMMIT to wait for):
+    `recorded`, which yields the message's id if it is still ours, the attempt added for it,
+    and the check (renewal) of the next claim. Whether it was recorded, and the next is ours."""
+    sql = _sql(
+        db,
+        key,
+        lambda q: (
+            f"WITH recorded AS ({recorded}),"
+            f" attempt AS ({_attempt_sql(db, select_from='recorded')}),"
+            f" following AS ({_renew_sql(db)} RETURNING id)"
+            " SELECT (SELECT count(*) FROM recorded), (SELECT count(*) FROM following)"
+        ),
+    )
+    with db.cursor() as cursor:
+        cursor.execute(sql, params)
+        done, following = cursor.fetchone()
+    return done == 1, following == 1
+
+
+def _sqlite_transaction(db: BaseDatabaseWrapper, statements: list[tuple[str, list]]) -> list[int]:
+    """Run `statements` in one transaction on SQLite; how many rows each one changed. Its own
+    transaction goes straight to the driver, in the writers' queue: Django's cursor and
+    transaction handling cost more than these statements, which run once per message. Inside
+    the caller's transaction (a test, a task run inline), they join it."""
+    if db.in_atomic_block:
         with db.cursor() as cursor:
-            cursor.execute(sql, [*record, *add, *renew])
-            recorded, following = cursor.fetchone()
-        return recorded == 1, following == 1
-    with transaction.atomic(using=db.alias), db.cursor() as cursor:
-        cursor.execute(_record_sql(db, changes), record)
-        recorded = cursor.rowcount == 1
-        if recorded:
-            cursor.execute(_attempt_sql(db), add)
-        if check is None:
-            return recorded, False
-        cursor.execute(_renew_sql(db), renew)
-        return recorded, cursor.rowcount == 1
+            counts = []
+            for sql, params in statements:
+                cursor.execute(sql, params)
+                counts.append(cursor.rowcount)
+            return counts
+    db.ensure_connection()
+    raw = db.connection
+    counts = []
+    with sqlite_writers.queue(), db.wrap_database_errors:
+        raw.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params in statements:
+                counts.append(raw.execute(_qmarks(db, sql), params).rowcount)
+            raw.execute("COMMIT")
+        except BaseException:
+            if raw.in_transaction:
+                raw.execute("ROLLBACK")
+            raise
+    return counts
+
+
+def _qmarks(db: BaseDatabaseWrapper, sql: str) -> str:
+    """`sql` with the driver's own placeholders (SQLite's "?" for "%s")."""
+    return _sql(db, ("qmarks", sql), lambda q: sql.replace("%s", "?"))
+
+
+def _outbox(db: BaseDatabaseWrapper) -> str:
+    return db.ops.quote_name(OutboundEmail._meta.db_table)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A message whose acceptance is committed (commit_sent) and whose row is not settled."""
+
+    pk: int
+    recipients: list
+    at: datetime.datetime
+
+
+def settled_changes(recipients: list, at: datetime.datetime) -> dict:
+    """What a message accepted for every pending recipient at `at` becomes."""
+    return {
+        "recipients": record_refusals(recipients, {}),
+        "status": Status.SENT,
+        "sent_at": at,
+        "claimed_by": "",
+        "lease_until": None,
+        "last_error": "",
+    }
+
+
+def settle_sent(worker: str, accepted: list[Accepted]) -> None:
+    """Settle the rows of messages `worker` committed as accepted: Sent, in one transaction
+    (the trigger drops each body with its UPDATE)."""
+    if not accepted:
+        return
+    db = connections[DEFAULT_DB_ALIAS]
+    shape = settled_changes([], accepted[0].at)
+    sql = _record_sql(db, shape)
+    rows = [_record_params(db, worker, a.pk, settled_changes(a.recipients, a.at)) for a in accepted]
+    with sqlite_writers.turn(), transaction.atomic(using=db.alias), db.cursor() as cursor:
+        cursor.executemany(sql, rows)
+
+
+def settle_accepted(emails) -> int:
+    """Settle the rows among `emails` (Sending) whose acceptance their holder committed but
+    did not settle (it died, or could not reach the database): they are sent, never to be
+    claimed or released again. Returns how many. Run before a claim takes expired leases and
+    before a worker gives its messages back."""
+    rows = list(
+        emails.filter(status=Status.SENDING)
+        .filter(Exists(_accepted_attempt()))
+        .values_list("pk", "claimed_by", "recipients")
+    )
+    settled = 0
+    for pk, holder, recipients in rows:
+        at = (
+            DeliveryAttempt.objects.filter(email_id=pk, outcome="sent", worker=holder)
+            .order_by("-at")
+            .values_list("at", flat=True)
+            .first()
+        )
+        changes = settled_changes(recipients, at)
+        settled += OutboundEmail.objects.filter(
+            pk=pk, claimed_by=holder, status=Status.SENDING
+        ).update(**changes)
+    return settled
 
 
 def uncharge(worker: str, pk: int) -> None:
@@ -274,8 +432,11 @@ def renew_claims(worker: str) -> int:
 
 def release_claims(worker: str) -> int:
     """Give back every message `worker` holds, at once: queued and due, held by nobody, for
-    another worker to take. Their attempts stay as they were. Returns how many."""
-    return held_by(worker).update(status=Status.QUEUED, claimed_by="", lease_until=None)
+    another worker to take. Their attempts stay as they were; those whose acceptance was
+    committed are settled as sent instead. Returns how many were given back."""
+    with transaction.atomic():
+        settle_accepted(held_by(worker))
+        return held_by(worker).update(status=Status.QUEUED, claimed_by="", lease_until=None)
 
 
 def put_off(worker: str, email: OutboundEmail, error: BaseException) -> None:
@@ -322,6 +483,7 @@ def hold_queue(worker: str, problem: SmtpProblem, in_flight: int | None = None) 
             state.until = now + datetime.timedelta(seconds=delay)
         state.reason = reason
         state.save()
+        settle_accepted(held_by(worker))
         held = list(held_by(worker).select_for_update())
         attempts = []
         for email in held:
@@ -392,6 +554,9 @@ class Courier:
     # The next message as the transport sends it, read and decrypted before this one's final
     # dot so that its envelope travels with that dot (PIPELINING): (its id, the Outgoing).
     _following: tuple[int, Outgoing] | None = field(default=None, repr=False)
+    # Messages whose acceptance is committed (commit_sent) and rows not yet settled.
+    _accepted: list[Accepted] = field(default_factory=list, repr=False)
+    _accepted_since: float = field(default=0.0, repr=False)  # monotonic, the oldest of them
 
     def request_stop(self) -> None:
         """Stop soon; safe from another thread or a signal handler. The drain finishes the
@@ -455,6 +620,7 @@ class Courier:
                 on_claim()
             first = False
             done, problem = self._deliver_batch(batch)
+            self.settle()
             handled += done
             if problem is not None:  # do not knock on the same closed door for every message
                 in_flight = self._in_flight.pk if self._in_flight is not None else None
@@ -511,12 +677,20 @@ class Courier:
                 uncharge(self.worker, self._in_flight.pk)
             if self._armed is not None:
                 uncharge(self.worker, self._armed)
+            self.settle()
             return release_claims(self.worker)
         except Exception:  # the lease runs out and another worker takes them
             log.exception("Outbox: could not give back the messages of %s", self.worker)
             return 0
         finally:
             self._unrecorded = self._armed = self._in_flight = None
+            self._accepted = []  # release_claims() settled them in any case
+
+    def settle(self) -> None:
+        """Settle the rows of the messages whose acceptance this worker committed."""
+        if self._accepted:
+            settle_sent(self.worker, self._accepted)
+            self._accepted = []
 
     def deliver(
         self,
@@ -574,6 +748,8 @@ class Courier:
         """Commit what the server said about `email`, if it is still ours. Returns whether the
         claim on `check` is still ours (renewing it), checked in the same transaction."""
         now = timezone.now()
+        if problem is None and not refused:
+            return self._accepted_by_all(email, refused, now, check)
         if problem is None:
             recipients = record_refusals(email.recipients, refused or {})
         else:
@@ -610,6 +786,34 @@ class Courier:
         if recorded:
             self.counts[outcome] += 1
             deliverystats.recorded(email, outcome, problem, now)
+        return mine
+
+    def _accepted_by_all(
+        self, email: OutboundEmail, refused, now: datetime.datetime, check: OutboundEmail | None
+    ) -> bool:
+        """record() for a message every recipient got: see commit_sent()."""
+        attempt = {
+            "at": now,
+            "worker": self.worker,
+            "outcome": "sent",
+            "step": "data",
+            "reply": _refusal_text(refused),
+            "advice": "",
+        }
+        recorded, mine = commit_sent(
+            self.worker, email.pk, attempt, check.pk if check is not None else None
+        )
+        if recorded:
+            self.counts["sent"] += 1
+            deliverystats.recorded(email, "sent", None, now)
+            if not self._accepted:
+                self._accepted_since = time.monotonic()
+            self._accepted.append(Accepted(email.pk, email.recipients, now))
+            if (
+                len(self._accepted) >= settings.OUTBOX_SETTLE_EVERY
+                or time.monotonic() - self._accepted_since >= settings.OUTBOX_SETTLE_SECONDS
+            ):
+                self.settle()
         return mine
 
 

@@ -20,7 +20,7 @@ import pytest
 from django.conf import settings
 from django.core.mail import EmailMessage, get_connection
 
-from notifications.models import OutboundEmail
+from notifications.models import DeliveryAttempt, OutboundEmail
 from tests.durable_smtp import (
     FINAL,
     DurableSmtp,
@@ -187,6 +187,30 @@ def test_workers_killed_at_random_instants_lose_and_strand_nothing(workers, serv
     result = settle(server, killed)
     assert result.ok, str(result)
     assert result.delivered == 300 and len(result.duplicated) <= len(killed)
+
+
+def test_a_worker_killed_before_marking_its_deliveries_sent_sends_none_of_them_again(
+    workers, server
+):
+    # Each delivery is committed alone, as its attempt; the rows are marked Sent together later
+    # (here not before the kill: OUTBOX_SETTLE_EVERY is out of reach). The next worker's claim
+    # of the dead worker's expired leases marks them Sent instead of sending them again.
+    point_settings_at(server.host, server.port)
+    server.set(data_delay=0.02)
+    queue_unique(40, "unsettled", per_call=40)
+    never = {"OUTBOX_SETTLE_EVERY": "1000", "OUTBOX_SETTLE_SECONDS": "3600"}
+    first = workers(OUTBOX_BATCH_SIZE="40", **ENV, **never)
+    wait_until(
+        lambda: DeliveryAttempt.objects.filter(outcome="sent").count() >= 10,
+        what="10 deliveries committed",
+    )
+    killed = [kill_worker(first)]
+    unsettled = OutboundEmail.objects.filter(status="sending", history__outcome="sent")
+    assert unsettled.count() >= 10
+    workers(**ENV)
+    result = settle(server, killed)
+    assert result.ok, str(result)
+    assert result.delivered == 40 and len(result.duplicated) <= 1
 
 
 def test_a_batch_slower_than_its_lease_is_not_sent_twice(workers, server):
