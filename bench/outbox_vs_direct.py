@@ -121,12 +121,15 @@ def statements_per_message(count: int) -> tuple[float, float, dict[str, int]]:
     started = time.perf_counter()
     if connection.vendor == "sqlite":
         # Some statements go to the driver directly (delivery.commit_sent): SQLite's own trace
-        # sees every one, BEGIN and COMMIT included.
+        # sees every one, BEGIN and COMMIT included. It repeats a statement (with its values)
+        # for each statement of a trigger it fires: a repeat in a row is the same statement.
         connection.ensure_connection()
+        last = [""]
 
         def traced(sql: str) -> None:
-            if not sql.startswith("--"):  # "-- TRIGGER name": part of the statement that fired it
+            if sql != last[0]:
                 kinds[sql.split(None, 1)[0].upper()] += 1
+            last[0] = sql
 
         connection.connection.set_trace_callback(traced)
         try:
