@@ -108,15 +108,21 @@ def events_endpoint(request: HttpRequest) -> JsonResponse:
     if errors:
         wait = ratelimit.hit(bucket, rate)  # a bad request counts too
         return too_many(over_budget, wait) if wait else error(400, errors)
+    wait = ratelimit.blocked(bucket, rate)  # a spent budget costs a read, and nothing else
+    if wait:
+        return too_many(over_budget, wait)
     integrations = triggering.wanting(body["type"])  # read before the write lock is taken
     # Counting the request and recording the event is one transaction: one write, not two.
     with sqlite_writers.queue(), transaction.atomic():
-        wait = ratelimit.hit(bucket, rate)
-        if wait:
-            return too_many(over_budget, wait)
         event = triggering.record(
             body["type"], body.get("payload", {}), str(token), EventSource.API, integrations
         )
+        # Counted last: on PostgreSQL the count's row is locked from here until the commit,
+        # and the token's other requests wait for it.
+        wait = ratelimit.hit(bucket, rate)
+        if wait:  # the budget ran out meanwhile: nothing of this request is kept
+            transaction.set_rollback(True)
+            return too_many(over_budget, wait)
     dispatches = event.queued
     return JsonResponse(
         {"id": event.pk, "type": event.type, "integrations": dispatches, "messages": dispatches},

@@ -318,3 +318,19 @@ class ApiToken(models.Model):
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+
+class ApiRateCount(models.Model):
+    """Requests of one rate-limit bucket (a token, or an address without one) in one window of
+    API_RATE_LIMIT (notifications/ratelimit.py): counted by one atomic statement per request,
+    so concurrent web workers never lose a count."""
+
+    key = models.CharField(max_length=200, primary_key=True)  # bucket, window length, window
+    n = models.PositiveIntegerField()
+    expires_at = models.DateTimeField(db_index=True)  # the window's end: deleted after it
+
+    class Meta:
+        default_permissions = ()
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.n}"

@@ -11,6 +11,7 @@ from django.core.cache import cache
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
+from notifications import ratelimit
 from notifications.models import Event, Integration, OutboundEmail
 from notifications.tokens import create
 from tests.conftest import make_user
@@ -177,6 +178,21 @@ def test_a_token_past_its_rate_gets_429_with_retry_after_and_others_are_not_affe
     assert "3 requests per minute" in refused.json()["errors"]["token"][0]
     assert Event.objects.count() == 3
     assert post(client, body, second).status_code == 202  # another token: its own budget
+
+
+@override_settings(API_RATE_LIMIT="3/minute")
+def test_a_request_that_finds_the_budget_spent_when_it_is_counted_keeps_nothing(
+    client, monkeypatch
+):
+    # Another worker spent the budget between this request's look at it and its count (the
+    # look is stood in for by one that never sees it spent): the event is not kept either.
+    monkeypatch.setattr(ratelimit, "blocked", lambda bucket, rate: None)
+    audit_integration()
+    secret = new_secret()
+    body = {"type": "api.retired", "payload": {"api": "legacy"}}
+    assert [post(client, body, secret).status_code for _ in range(4)] == [202, 202, 202, 429]
+    assert Event.objects.count() == 3
+    assert OutboundEmail.objects.count() == 3  # one each for the Audit integration
 
 
 @override_settings(API_RATE_LIMIT="3/minute")
