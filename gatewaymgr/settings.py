@@ -191,7 +191,10 @@ METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 # The probes and /metrics answer before the Host check and sign-in (a load balancer or
 # Kubernetes asks by the pod's address), and the banner is on every console page.
 MIDDLEWARE.insert(0, "health.middleware.ProbeMiddleware")
-TEMPLATES[0]["OPTIONS"]["context_processors"].append("health.context_processors.delivery_health")
+TEMPLATES[0]["OPTIONS"]["context_processors"] += [
+    "gatewaymgr.context_processors.navigation",
+    "health.context_processors.delivery_health",
+]
 
 # Tasks: the database backend and its worker (manage.py db_worker) by default; past one
 # machine, TASKS_BACKEND=rq with REDIS_URL and RQ workers (manage.py rqworker) anywhere.
