@@ -1,7 +1,7 @@
 """The outbox under chaos, long: 5,000 messages, 3 workers, several minutes, then the
 reconciliation of the database against the SMTP server's durable journal.
 
-    .venv/bin/python bench/outbox_chaos.py [--backend db|rq] [--messages 5000] [--workers 3]
+    .venv-test/bin/python bench/outbox_chaos.py [--backend db|rq] [--messages 5000] [--workers 3]
 
 Starts a throwaway PostgreSQL (tests/pgcluster.py), with --backend rq a throwaway Redis
 (tests/redis_server.py), and the journaling SMTP server (tests/durable_smtp.py) answering 451
@@ -11,7 +11,7 @@ while a worker is SIGKILLed and restarted about every 5 s and the server goes do
 seconds about every 30 s; with rq, Redis is flushed once, a minute in. When every message is
 sent or failed, prints the reconciliation table (lost, stranded, duplicates explained or not,
 falsely failed, wrong reply kept), the longest an expired lease went unclaimed, and the task
-records left. Not part of the suite.
+records left. Not part of the suite; it uses the test helpers, so it runs from .venv-test.
 """
 
 from __future__ import annotations
