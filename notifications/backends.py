@@ -31,6 +31,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.core.mail import EmailMessage
 from django.core.mail.backends.base import BaseEmailBackend
 from django.db import connection, models, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from smtpsettings import store
 from smtpsettings.backends import (
@@ -52,9 +53,9 @@ from .models import (
 )
 from .policy import PENDING
 
-# Rows per INSERT: bounded statements (a body is ~2 KB sealed) at 10,000 messages a call.
+# Outbox rows per INSERT: a bounded statement (and number of parameters) at 10,000 messages a
+# call. Bodies and recipients go by executemany(), one row at a time.
 EMAILS_PER_INSERT = 500
-RECIPIENTS_PER_INSERT = 2000
 
 
 def queue_email(
@@ -139,7 +140,7 @@ class _Inserts:
     bulk_create() prepares each value while the transaction is open, which cost more than
     running the statements."""
 
-    def __init__(self, db, rows: list[OutboundEmail]) -> None:
+    def __init__(self, db: BaseDatabaseWrapper, rows: list[OutboundEmail]) -> None:
         self.db = db
         opts = OutboundEmail._meta
         fields = [f for f in opts.concrete_fields if f is not opts.pk]
@@ -167,7 +168,8 @@ class _Inserts:
             )
             with self.db.cursor() as cursor:
                 cursor.execute(sql, params)
-                ids += [pk for (pk,) in cursor.fetchall()]
+                # Ids grow in the order the rows go in; RETURNING's own order is not promised.
+                ids += sorted(pk for (pk,) in cursor.fetchall())
         return ids
 
     def many(self, model: type[models.Model], names: tuple[str, ...], rows: list[tuple]) -> None:

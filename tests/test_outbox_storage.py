@@ -122,9 +122,10 @@ def delivery_statements(count: int) -> int:
 
 
 def test_delivery_costs_no_more_statements_per_message_than_before():
-    """Dropping the body on delivery rides on the UPDATE that records it (a trigger): the
-    courier runs as many statements per message as when the body was a column (3: the record,
-    its attempt, the claim check of the next message, plus its savepoint/transaction)."""
+    """Dropping the body on delivery rides on the UPDATE that marks it Sent (a trigger): the
+    courier runs no more statements per message than when the body was a column (now the
+    attempt, the claim check of the next message, a share of the grouped UPDATE that marks the
+    rows Sent and of the claims, plus its transaction)."""
     per_message = (delivery_statements(30) - delivery_statements(10)) / 20
     assert per_message <= 5  # measured before the change: 5 (BEGIN/COMMIT counted on SQLite)
 
@@ -420,8 +421,8 @@ def test_delivery_status_by_cause_uses_an_index():
 
 def test_store_is_set_based():
     """The statements store() runs grow with the rows per INSERT, not one (or more) per
-    message: SQLite takes ~99 messages per INSERT (Django keeps to 999 variables a statement),
-    PostgreSQL 500 (H-invites stores 10,000 in one call)."""
+    message: 500 outbox rows per INSERT, and one executemany() each for the bodies and the
+    recipients (H-invites stores 10,000 in one call)."""
     point_settings_at(TEST_HOST, 2525)
     user = User.objects.create(username="cause")
 
