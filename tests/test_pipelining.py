@@ -525,3 +525,32 @@ def test_each_recipient_keeps_its_reply_from_a_pipelined_group(settings):
     assert (n0.status, n5.status) == (Status.SENT, Status.SENT)
     assert subjects(server) == ["N0", "N1", "N4", "N5"]
     assert server.recorder.connections == 2
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("every", "seconds", "sent_before"),
+    [
+        (2, 3600, lambda n: n - n % 2),  # marked Sent two at a time
+        (1000, 0, lambda n: n),  # a second (here none) after the oldest: at once
+    ],
+)
+def test_rows_are_marked_sent_together_as_the_settings_say(settings, every, seconds, sent_before):
+    """Each delivery is committed alone (its attempt); the rows are marked Sent together, after
+    OUTBOX_SETTLE_EVERY deliveries or with the first delivery OUTBOX_SETTLE_SECONDS after the
+    oldest, and at the end of the batch. Seen from the server, at each final dot."""
+    settings.OUTBOX_SETTLE_EVERY, settings.OUTBOX_SETTLE_SECONDS = every, seconds
+    seen: dict[int, tuple[int, int]] = {}
+
+    def at_dot(recipients: list[str]) -> None:
+        n = int(recipients[0][1:].split("@")[0])
+        earlier = OutboundEmail.objects.filter(subject__in=[f"N{i}" for i in range(n)])
+        accepted = DeliveryAttempt.objects.filter(email__in=earlier, outcome="sent").count()
+        seen[n] = (earlier.filter(status=Status.SENT).count(), accepted)
+
+    with aiosmtpd_server(recorder=Watching(at_dot=at_dot)) as server:
+        point_settings_at(server.host, server.port)
+        queue_numbered(6)
+        assert Courier(worker="settling").drain() == 6
+    assert seen == {n: (sent_before(n), n) for n in range(6)}
+    assert set(OutboundEmail.objects.values_list("status", flat=True)) == {Status.SENT}
