@@ -31,32 +31,15 @@ import django  # noqa: E402
 django.setup()
 
 from django.contrib.auth.models import User  # noqa: E402
-from django.core.mail import EmailMultiAlternatives  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
+from bench.outbox_vs_direct import invitations  # noqa: E402
 from notifications.backends import OutboxBackend, message_bytes  # noqa: E402
 from notifications.models import OutboundEmail, seal  # noqa: E402
 from smtpsettings import store  # noqa: E402
 from smtpsettings.backends import addressed, addressing_of  # noqa: E402
-
-TEXT = ("You have been invited to join Gateway Manager. Follow the link to set a password.\n" * 12)[
-    :1000
-]
-HTML = f"<p>{TEXT}</p>"
-
-
-def invitations(count: int, round_number: int, cause: User) -> list[EmailMultiAlternatives]:
-    messages = []
-    for i in range(count):
-        message = EmailMultiAlternatives(
-            "You are invited to Gateway Manager", TEXT, None, [f"r{round_number}u{i}@example.com"]
-        )
-        message.attach_alternative(HTML, "text/html")
-        message.outbox_category, message.outbox_cause = "invitation", cause
-        messages.append(message)
-    return messages
 
 
 def parts(count: int, round_number: int, cause: User, addressing) -> dict[str, float]:

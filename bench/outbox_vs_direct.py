@@ -55,13 +55,19 @@ TEXT = ("You have been invited to join Gateway Manager. Follow the link to set a
 HTML = f"<p>{TEXT}</p>"
 
 
-def invitations(count: int, round_number: int) -> list[EmailMultiAlternatives]:
+def invitations(
+    count: int, round_number: int, cause: object | None = None
+) -> list[EmailMultiAlternatives]:
+    """Invitation-sized messages (text + HTML); with `cause`, categorised and linked to it as
+    an invitation is."""
     messages = []
     for i in range(count):
         message = EmailMultiAlternatives(
             "You are invited to Gateway Manager", TEXT, None, [f"r{round_number}u{i}@example.com"]
         )
         message.attach_alternative(HTML, "text/html")
+        if cause is not None:
+            message.outbox_category, message.outbox_cause = "invitation", cause
         messages.append(message)
     return messages
 
